@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+class RunsConfig(AppConfig):
+    name = "runs"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from runs.roles import sync_role_groups
+
+        # After every migrate (and after the test runner's flush), so each role always holds
+        # exactly the permissions that roles.py gives it.
+        post_migrate.connect(sync_role_groups, sender=self, dispatch_uid="runs.sync_role_groups")

@@ -1,0 +1,157 @@
+"""Shared fixtures: the three personas, real subprocesses against the test database, a browser.
+
+Everything here is real: the test database is Postgres, servers and workers are separate
+processes started from the project's own commands, the browser is Debian's Chromium.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.db import connection
+
+from runs.roles import ADMIN, OPERATOR, VIEWER
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+PASSWORD = "a-long-test-password"
+
+# Playwright's sync API keeps an event loop in the test's thread; Django would then refuse the
+# test's own (synchronous) database calls as if they came from async code.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+def make_user(username, role=None, **fields):
+    user = User.objects.create_user(username=username, password=PASSWORD, **fields)
+    if role:
+        user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+@pytest.fixture
+def viewer(db):
+    return make_user("vera", VIEWER)
+
+
+@pytest.fixture
+def operator(db):
+    return make_user("otto", OPERATOR)
+
+
+@pytest.fixture
+def admin_user(db):
+    return make_user("ada", ADMIN, is_staff=True)
+
+
+@pytest.fixture
+def outsider(db):
+    """Signed in, but holds no role."""
+    return make_user("oscar")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def subprocess_env(**extra):
+    """The environment for a project process that must use the test database."""
+    db = connection.settings_dict
+    user = quote(db["USER"] or "")
+    password = f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else ""
+    host = db["HOST"] or "127.0.0.1"
+    port = db["PORT"] or "5432"
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"postgres://{user}{password}@{host}:{port}/{db['NAME']}",
+        REDIS_URL=settings.REDIS_URL,
+        SECRET_KEY=settings.SECRET_KEY,
+        DEBUG="0",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def wait_for_port(port, process, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with status {process.returncode} before answering")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server did not answer on port {port} within {seconds}s")
+
+
+@pytest.fixture(scope="session")
+def live_server_url(django_db_setup, django_db_blocker):
+    """Daphne, the production ASGI server, serving the project against the test database.
+
+    Tests that use it must use `transactional_db`, so that what they write is committed and
+    the server's own connection sees it.
+    """
+    with django_db_blocker.unblock():
+        env = subprocess_env()
+    port = free_port()
+    (PROJECT_DIR / ".data").mkdir(exist_ok=True)
+    log = open(PROJECT_DIR / ".data" / "test-daphne.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+         "agentops.asgi:application"],
+        cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    yield page
+    context.close()
+
+
+def log_in(page, live_server_url, username, password=PASSWORD):
+    page.goto(f"{live_server_url}/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()

@@ -195,6 +195,19 @@ CHANNEL_LAYERS = {
 
 RQ_QUEUES = {"default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600}}
 
+# The runtime.
+# Modules that define agents and tools (imported at start-up).
+AGENT_MODULES = envlist("AGENT_MODULES", ["tools.demo", "tools.proving"])
+# How long a worker's claim on a run lasts without a heartbeat. A run whose worker died is
+# taken over this long after the last heartbeat (heartbeats come three times per lease).
+RUN_LEASE_SECONDS = envint("RUN_LEASE_SECONDS", 30)
+if RUN_LEASE_SECONDS < 1:
+    raise ImproperlyConfigured(f"RUN_LEASE_SECONDS={RUN_LEASE_SECONDS} must be at least 1")
+# How often the sweeper looks for expired leases and overdue wake-ups.
+SWEEP_INTERVAL_SECONDS = envint("SWEEP_INTERVAL_SECONDS", 5)
+if SWEEP_INTERVAL_SECONDS < 1:
+    raise ImproperlyConfigured(f"SWEEP_INTERVAL_SECONDS={SWEEP_INTERVAL_SECONDS} must be at least 1")
+
 SESSION_COOKIE_HTTPONLY = True
 # Set when the site is served over HTTPS; off by default so the local http:// path works.
 SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES", False)

@@ -7,8 +7,10 @@ class RunsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        from runs.agents import load_agent_modules
         from runs.roles import sync_role_groups
 
+        load_agent_modules()
         # After every migrate (and after the test runner's flush), so each role always holds
         # exactly the permissions that roles.py gives it.
         post_migrate.connect(sync_role_groups, sender=self, dispatch_uid="runs.sync_role_groups")

@@ -1,6 +1,14 @@
+"""Runs, their journal and their event record.
+
+The rules that must never break are kept by the database itself (see the migrations): a run's
+status is one of RunStatus and changes only along TRANSITIONS; journal and event rows can be
+inserted but never updated or deleted; a lease exists exactly while a run is running.
+"""
+
 import uuid
 
-from django.db import models
+from django.db import models, transaction
+from django.db.models.functions import Now
 
 
 class RunStatus(models.TextChoices):
@@ -8,13 +16,54 @@ class RunStatus(models.TextChoices):
     RUNNING = "running"
     WAITING = "waiting"
     PAUSED = "paused"
-    NEEDS_ATTENTION = "needs_attention"
+    NEEDS_ATTENTION = "needs_attention", "needs attention"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
     COMPENSATING = "compensating"
     COMPENSATED = "compensated"
-    COMPENSATION_FAILED = "compensation_failed"
+    COMPENSATION_FAILED = "compensation_failed", "compensation failed"
+
+
+S = RunStatus
+# Every legal move of a run's status. A trigger in the database refuses any other (migration
+# 0002 writes this table into it; a test checks that the two agree).
+TRANSITIONS = {
+    S.QUEUED: {S.RUNNING, S.PAUSED, S.CANCELLED},
+    # running -> queued: the lease expired (the worker died) and the sweeper hands it back.
+    S.RUNNING: {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.WAITING, S.PAUSED, S.NEEDS_ATTENTION, S.QUEUED},
+    S.WAITING: {S.QUEUED, S.PAUSED, S.CANCELLED},
+    S.PAUSED: {S.QUEUED, S.CANCELLED, S.COMPENSATING},
+    # needs_attention -> queued: an operator resolved the step in doubt.
+    S.NEEDS_ATTENTION: {S.QUEUED, S.CANCELLED, S.COMPENSATING},
+    S.SUCCEEDED: set(),
+    S.FAILED: {S.COMPENSATING},
+    S.CANCELLED: {S.COMPENSATING},
+    S.COMPENSATING: {S.COMPENSATED, S.COMPENSATION_FAILED},
+    S.COMPENSATED: set(),
+    S.COMPENSATION_FAILED: set(),
+}
+FINISHED = {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.COMPENSATED, S.COMPENSATION_FAILED}
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+class Requested(models.TextChoices):
+    """What an operator asked of a running run, honoured at its next step boundary."""
+
+    NOTHING = ""
+    PAUSE = "pause"
+    CANCEL = "cancel"
+
+
+class RunQuerySet(models.QuerySet):
+    def lease_expired(self):
+        return self.filter(status=S.RUNNING, lease_expires_at__lt=Now())
+
+    def overdue(self):
+        return self.filter(status=S.WAITING, wake_at__lt=Now())
 
 
 class Run(models.Model):
@@ -25,11 +74,33 @@ class Run(models.Model):
     status = models.CharField(max_length=32, choices=RunStatus.choices, default=RunStatus.QUEUED)
     input = models.JSONField()
     output = models.JSONField(null=True, blank=True)
-    error = models.TextField(blank=True)
-    # Who or what started it: a user's name, "cli", or the parent run.
+    # {"type": ..., "message": ...} for a failed run.
+    error = models.JSONField(null=True, blank=True)
+    # Why the run is where it is: what it waits for, what needs attention. Empty otherwise.
+    status_reason = models.TextField(blank=True, default="")
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # Who or what started it: "user:NAME", "cli", or "run:PARENT-ID".
     started_by = models.CharField(max_length=200)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+
+    requested = models.CharField(
+        max_length=8, choices=Requested.choices, default=Requested.NOTHING, blank=True
+    )
+    wake_at = models.DateTimeField(null=True, blank=True)
+
+    # The lease: who advances the run now, until when, and the epoch that fences every write.
+    lease_owner = models.CharField(max_length=200, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    lease_epoch = models.BigIntegerField(default=0)
+
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RunQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -45,7 +116,195 @@ class Run(models.Model):
             models.CheckConstraint(
                 name="run_status_valid", condition=models.Q(status__in=RunStatus.values)
             ),
+            # A lease exists exactly while the run is running.
+            models.CheckConstraint(
+                name="run_lease_only_while_running",
+                condition=(
+                    models.Q(status=S.RUNNING, lease_expires_at__isnull=False)
+                    & ~models.Q(lease_owner="")
+                )
+                | (
+                    ~models.Q(status=S.RUNNING)
+                    & models.Q(lease_expires_at__isnull=True, lease_owner="")
+                ),
+            ),
+            models.CheckConstraint(
+                name="run_request_only_while_running",
+                condition=models.Q(requested="") | models.Q(status=S.RUNNING),
+            ),
+            models.CheckConstraint(
+                name="run_wake_at_only_while_waiting",
+                condition=models.Q(wake_at__isnull=True) | models.Q(status=S.WAITING),
+            ),
+            models.UniqueConstraint(
+                name="run_idempotency_key_unique",
+                fields=["idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+            ),
+        ]
+        indexes = [
+            # The sweeper: running runs whose lease expired.
+            models.Index(
+                name="run_lease_expiry_idx",
+                fields=["lease_expires_at"],
+                condition=models.Q(status=S.RUNNING),
+            ),
+            # The sweeper: waiting runs whose wake-up is overdue; queued runs whose job was lost.
+            models.Index(
+                name="run_wake_at_idx", fields=["wake_at"], condition=models.Q(status=S.WAITING)
+            ),
+            models.Index(
+                name="run_queued_idx", fields=["updated_at"], condition=models.Q(status=S.QUEUED)
+            ),
         ]
 
     def __str__(self):
         return f"{self.agent} {self.id}"
+
+    @property
+    def is_finished(self):
+        return self.status in FINISHED
+
+
+_TRANSITION_FIELDS = [
+    "status", "lease_owner", "lease_expires_at", "requested", "wake_at", "status_reason",
+    "finished_at", "updated_at",
+]
+
+
+def transition(run_id, to, *, actor, reason="", epoch=None, expect=None, **fields):
+    """Move a run to status `to`, in one transaction with its event row.
+
+    The row is locked; an illegal move raises IllegalTransition (the database would refuse it
+    too). With `epoch`, the move is made only by the lease holder of that epoch; with `expect`,
+    only from one of those statuses. Returns the updated run, or None when `epoch` or `expect`
+    no longer hold (someone else moved it first).
+    """
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(id=run_id)
+        if epoch is not None and (run.lease_epoch != epoch or run.status != S.RUNNING):
+            return None
+        if expect is not None and run.status not in expect:
+            return None
+        if to not in TRANSITIONS[run.status]:
+            raise IllegalTransition(f"a {run.get_status_display()} run cannot become {to}")
+        previous = run.status
+        run.status = to
+        if to != S.RUNNING:
+            run.lease_owner, run.lease_expires_at, run.requested = "", None, Requested.NOTHING
+        if to != S.WAITING:
+            run.wake_at = None
+        run.status_reason = reason if to in (S.WAITING, S.PAUSED, S.NEEDS_ATTENTION) else ""
+        for name, value in fields.items():
+            setattr(run, name, value)
+        if to in FINISHED:
+            run.finished_at = Now()
+        run.save(update_fields=[*_TRANSITION_FIELDS, *fields])
+        RunEvent.objects.create(
+            run=run, kind=RunEvent.Kind.TRANSITION, from_status=previous, to_status=to,
+            actor=actor, reason=reason,
+        )
+        run.refresh_from_db(fields=["finished_at", "updated_at"])
+    return run
+
+
+class RunEvent(models.Model):
+    """Append-only record of what happened to a run and who caused it."""
+
+    class Kind(models.TextChoices):
+        CREATED = "created"
+        TRANSITION = "transition"
+        REQUEST = "request"
+        RESOLUTION = "resolution"
+
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="events")
+    at = models.DateTimeField(db_default=Now())
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    from_status = models.CharField(max_length=32, blank=True, default="")
+    to_status = models.CharField(max_length=32, blank=True, default="")
+    # "worker:HOST:PID", "user:NAME", "system:sweeper", "cli" ...
+    actor = models.CharField(max_length=200)
+    reason = models.TextField(blank=True, default="")
+    details = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        constraints = [
+            models.CheckConstraint(
+                name="run_event_kind_valid", condition=models.Q(kind__in=["created", "transition", "request", "resolution"])
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.run_id} {self.kind} {self.from_status}->{self.to_status} by {self.actor}"
+
+
+class JournalEntry(models.Model):
+    """One row of a run's write-ahead journal: the intent or the outcome of a step.
+
+    A step is numbered by its place in the run's deterministic replay (seq). A write records an
+    intent before it calls the tool and an outcome after; a read, an LLM call and other steps
+    without side effects record only their outcome. Each execution of a step is an attempt.
+    Rows are never updated or deleted (the database refuses it), so history cannot be rewritten;
+    what happened later is a later row.
+    """
+
+    class Phase(models.TextChoices):
+        INTENT = "intent"
+        OUTCOME = "outcome"
+
+    class Kind(models.TextChoices):
+        TOOL = "tool"
+        LLM = "llm"
+        SLEEP = "sleep"
+        NOW = "now"
+        UUID = "uuid"
+        CHILD_START = "child_start", "start child run"
+        CHILD_WAIT = "child_wait", "wait for child run"
+
+    class Status(models.TextChoices):
+        # Outcome rows only.
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        # An operator decided the attempt in doubt did not happen: it runs again.
+        ABANDONED = "abandoned"
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="journal")
+    seq = models.PositiveIntegerField()
+    attempt = models.PositiveIntegerField(default=1)
+    phase = models.CharField(max_length=8, choices=Phase.choices)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    name = models.CharField(max_length=200, blank=True, default="")
+    effect = models.CharField(max_length=8, blank=True, default="")
+    args = models.JSONField(null=True, blank=True)
+    args_hash = models.CharField(max_length=64)
+    idempotency_key = models.CharField(max_length=200, blank=True, default="")
+    status = models.CharField(max_length=12, choices=Status.choices, blank=True, default="")
+    result = models.JSONField(null=True, blank=True)
+    # {"type": ..., "message": ...}
+    error = models.JSONField(null=True, blank=True)
+    # Who wrote the row: "worker:HOST:PID" with the lease epoch, "user:NAME", "system:...".
+    actor = models.CharField(max_length=200)
+    lease_epoch = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["run", "seq", "attempt", "id"]
+        constraints = [
+            # One intent and one outcome per attempt: a second writer of the same row fails.
+            models.UniqueConstraint(
+                name="journal_one_row_per_phase", fields=["run", "seq", "attempt", "phase"]
+            ),
+            models.CheckConstraint(
+                name="journal_phase_valid", condition=models.Q(phase__in=["intent", "outcome"])
+            ),
+            models.CheckConstraint(
+                name="journal_status_only_on_outcomes",
+                condition=(models.Q(phase="intent") & models.Q(status=""))
+                | (models.Q(phase="outcome") & models.Q(status__in=["succeeded", "failed", "abandoned"])),
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.run_id} #{self.seq}.{self.attempt} {self.phase} {self.kind} {self.name}"

@@ -5,6 +5,7 @@ processes started from the project's own commands, the browser is Debian's Chrom
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.db import connection
 
+import tests.agents  # noqa: F401  (registers the test agents and tools)
 from runs.roles import ADMIN, OPERATOR, VIEWER
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -85,6 +87,7 @@ def subprocess_env(**extra):
         SECRET_KEY=settings.SECRET_KEY,
         DEBUG="0",
         PYTHONUNBUFFERED="1",
+        AGENT_MODULES=",".join([*settings.AGENT_MODULES, "tests.agents"]),
     )
     env.update(extra)
     return env
@@ -155,3 +158,97 @@ def log_in(page, live_server_url, username, password=PASSWORD):
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
+
+
+@pytest.fixture(autouse=True)
+def fresh_test_agents():
+    tests.agents.reset()
+
+
+def empty_run_queue():
+    """Drop every job of the test database's run queue (left by earlier tests)."""
+    from rq.registry import (
+        DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry,
+        StartedJobRegistry,
+    )
+
+    from runs.engine import run_queue
+
+    queue = run_queue()
+    queue.empty()
+    for registry_class in (ScheduledJobRegistry, StartedJobRegistry, FailedJobRegistry,
+                           FinishedJobRegistry, DeferredJobRegistry):
+        registry = registry_class(queue=queue)
+        for job_id in registry.get_job_ids():
+            registry.remove(job_id, delete_job=True)
+
+
+class Workers:
+    """Real RQ worker processes (`manage.py runworker`) against the test database."""
+
+    def __init__(self, log_dir, **env):
+        self.env = subprocess_env(**env)
+        self.log_dir = log_dir
+        self.processes = []
+
+    def start(self, scheduler=True):
+        args = [sys.executable, "manage.py", "runworker"]
+        if scheduler:
+            args.append("--with-scheduler")
+        log = open(self.log_dir / f"worker-{len(self.processes)}.log", "w")
+        process = subprocess.Popen(args, cwd=PROJECT_DIR, env=self.env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def sweeper(self):
+        log = open(self.log_dir / "sweeper.log", "w")
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "sweeper", "--interval", "0.5"], cwd=PROJECT_DIR,
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def stop_all(self):
+        for process in self.processes:
+            if process.poll() is None:
+                for pid in children(process.pid):
+                    signal_quietly(pid, signal.SIGKILL)
+                process.kill()
+            process.wait(timeout=10)
+
+
+def children(pid):
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def signal_quietly(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def kill_worker(process):
+    """SIGKILL a worker and the work horse it forked: freeze it first, so it cannot fork anew."""
+    signal_quietly(process.pid, signal.SIGSTOP)
+    horses = children(process.pid)
+    for pid in horses:
+        signal_quietly(pid, signal.SIGKILL)
+    signal_quietly(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    return horses
+
+
+@pytest.fixture
+def workers(transactional_db, tmp_path):
+    """Start worker processes with `workers.start()`; all are killed at the end of the test."""
+    empty_run_queue()
+    pool = Workers(tmp_path, RUN_LEASE_SECONDS="2")
+    yield pool
+    pool.stop_all()
+    empty_run_queue()

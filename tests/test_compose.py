@@ -21,16 +21,16 @@ def argv_lines(command):
     return [words]
 
 
-def test_it_describes_the_four_processes():
-    assert set(SERVICES) == {"postgres", "redis", "web", "worker"}
+def test_it_describes_the_processes():
+    assert set(SERVICES) == {"postgres", "redis", "web", "worker", "sweeper"}
 
 
-@pytest.mark.parametrize("name", ["postgres", "redis", "web", "worker"])
+@pytest.mark.parametrize("name", ["postgres", "redis", "web", "worker", "sweeper"])
 def test_each_service_has_a_healthcheck(name):
     assert SERVICES[name]["healthcheck"]["test"]
 
 
-@pytest.mark.parametrize("name", ["web", "worker"])
+@pytest.mark.parametrize("name", ["web", "worker", "sweeper"])
 def test_each_project_command_exists_in_the_project(name):
     commands = get_commands()
     for argv in argv_lines(SERVICES[name]["command"]):
@@ -44,7 +44,7 @@ def test_each_project_command_exists_in_the_project(name):
             assert attribute == "application"
 
 
-@pytest.mark.parametrize("name", ["web", "worker"])
+@pytest.mark.parametrize("name", ["web", "worker", "sweeper"])
 def test_every_variable_it_sets_is_one_the_settings_read(name):
     environment = set(SERVICES[name]["environment"])
 

@@ -33,7 +33,7 @@ def serve_once(port):
             assert response.status == 200
             assert b"Log in to agentops" in response.read()
         started = children_of(process.pid)
-        assert len(started) == 3  # daphne and two workers
+        assert len(started) == 4  # daphne, two workers, the sweeper
 
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends
         output, _ = process.communicate(timeout=30)

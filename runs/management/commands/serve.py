@@ -1,7 +1,7 @@
 """Serve the dashboard with its workers, in the foreground, until Ctrl-C.
 
-Starts the ASGI server (daphne) and two RQ workers, one of which also runs RQ's scheduler for
-jobs that wait (sleeps, backoffs). Ctrl-C, or SIGTERM, stops everything this command started;
+Starts the ASGI server (daphne), two RQ workers (one of which also runs RQ's scheduler for jobs
+that wait: sleeps, backoffs) and the sweeper, which hands back the runs of dead workers. Ctrl-C, or SIGTERM, stops everything this command started;
 if any of them dies on its own, the others are stopped too and the command fails.
 """
 
@@ -39,11 +39,13 @@ class Command(BaseCommand):
                 ) from None
 
         python = sys.executable
-        commands = {"web": [python, "-m", "daphne", "-b", host, "-p", str(port),
-                            "agentops.asgi:application"]}
+        manage = [python, str(settings.BASE_DIR / "manage.py")]
+        commands = {
+            "web": [python, "-m", "daphne", "-b", host, "-p", str(port), "agentops.asgi:application"],
+            "sweeper": [*manage, "sweeper"],
+        }
         for number in range(1, workers + 1):
-            worker = [python, str(settings.BASE_DIR / "manage.py"), "rqworker", "default", "--name",
-                      f"{socket.gethostname()}-worker-{number}-{int(time.time())}"]
+            worker = [*manage, "runworker"]
             if number == 1:
                 worker.append("--with-scheduler")
             commands[f"worker-{number}"] = worker

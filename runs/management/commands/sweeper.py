@@ -1,0 +1,39 @@
+"""The sweeper: hands back runs whose worker died, wakes overdue runs, re-enqueues lost jobs."""
+
+import signal
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django.db import close_old_connections
+
+from runs.engine import sweep
+
+
+class Command(BaseCommand):
+    help = "Every SWEEP_INTERVAL_SECONDS, look for expired leases and overdue wake-ups."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--once", action="store_true", help="one pass, then stop")
+        parser.add_argument("--interval", type=float, default=None)
+
+    def handle(self, *args, once, interval, **options):
+        interval = interval or settings.SWEEP_INTERVAL_SECONDS
+        stopping = False
+
+        def stop(signum, frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        while True:
+            close_old_connections()
+            handed_back = sweep()
+            if handed_back:
+                self.stdout.write(f"handed back {handed_back} run(s) whose worker stopped")
+            if once or stopping:
+                return
+            deadline = time.monotonic() + interval
+            while not stopping and time.monotonic() < deadline:
+                time.sleep(0.1)

@@ -1,0 +1,221 @@
+"""Agents and tools for the test suite. Worker subprocesses import this module too (see
+AGENT_MODULES in tests.conftest.subprocess_env).
+
+In-process tests count tool calls in CALLS and make a tool "die" with Crash: a BaseException
+that nothing in the runtime catches, so it leaves the journal exactly as a worker killed at that
+moment would (the intent written, no outcome). Tests with real worker processes count calls in
+LedgerCall, the demo world's table, written in the tool's own transaction.
+"""
+
+import time
+from collections import Counter
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from runs.agents import agent
+from runs.llm import provider
+from tools.models import LedgerCall
+from tools.registry import Reconciled, tool
+
+CALLS = Counter()
+KEYS = {}  # tool name -> idempotency keys received, in order
+EFFECTS = set()  # keys whose effect happened (the downstream's own memory)
+# tool name -> "before" (die before the effect) or "after" (die after it, before the outcome)
+CRASH = {}
+SCRIPT = []  # responses of the scripted model, taken in order
+
+
+class Crash(BaseException):
+    """A worker dying mid-call, in-process."""
+
+
+def reset():
+    CALLS.clear()
+    KEYS.clear()
+    EFFECTS.clear()
+    CRASH.clear()
+    SCRIPT.clear()
+
+
+def _called(name, key=None):
+    CALLS[name] += 1
+    KEYS.setdefault(name, []).append(key)
+    if CRASH.get(name) == "before":
+        raise Crash(name)
+    if key is not None:
+        EFFECTS.add(key)
+    if CRASH.get(name) == "after":
+        raise Crash(name)
+
+
+class Value(BaseModel):
+    value: int = Field(ge=0)
+
+
+@tool(effect="read")
+def t_read(args: Value) -> dict:
+    _called("t_read")
+    return {"read": args.value}
+
+
+@tool(effect="write", idempotent=True)
+def t_idem(args: Value, *, idempotency_key: str) -> dict:
+    _called("t_idem", idempotency_key)
+    return {"idem": args.value}
+
+
+def _recon_lookup(args, idempotency_key):
+    if CRASH.get("t_recon_unknown"):
+        return None
+    happened = idempotency_key in EFFECTS
+    return Reconciled(happened=happened, result={"recon": args.value, "reconciled": True} if happened else None)
+
+
+@tool(effect="write", reconcile=_recon_lookup)
+def t_recon(args: Value, *, idempotency_key: str) -> dict:
+    _called("t_recon", idempotency_key)
+    return {"recon": args.value}
+
+
+@tool(effect="write")
+def t_plain(args: Value, *, idempotency_key: str) -> dict:
+    _called("t_plain", idempotency_key)
+    return {"plain": args.value}
+
+
+@tool(effect="read")
+def t_fail(args: Value) -> dict:
+    _called("t_fail")
+    raise RuntimeError(f"the service refused {args.value}")
+
+
+@provider("scripted")
+def scripted_model(**request):
+    CALLS["model"] += 1
+    content = SCRIPT.pop(0) if SCRIPT else f"echo: {request.get('prompt', '')}"
+    return {"content": content, "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.0001}
+
+
+class Empty(BaseModel):
+    pass
+
+
+@agent("t_protocol")
+def t_protocol(ctx, request: Value) -> dict:
+    v = request.value
+    return {
+        "read": ctx.tool("t_read", value=v),
+        "idem": ctx.tool("t_idem", value=v),
+        "recon": ctx.tool("t_recon", value=v),
+        "plain": ctx.tool("t_plain", value=v),
+        "llm": ctx.llm("scripted", prompt=f"say {v}"),
+        "now": ctx.now().isoformat(),
+        "uuid": str(ctx.uuid()),
+    }
+
+
+@agent("t_contract")
+def t_contract(ctx, request: Empty) -> dict:
+    errors = {}
+    for name, args in [("no_such_tool", {"value": 1}), ("t_read", {"value": -1}), ("t_read", {})]:
+        try:
+            ctx.tool(name, **args)
+        except Exception as error:  # the agent sees the contract error and adapts
+            errors[f"{name}{sorted(args.items())}"] = str(error)
+    try:
+        ctx.tool("t_fail", value=7)
+    except Exception as error:
+        errors["t_fail"] = str(error)
+    return errors
+
+
+SHIFT = {"second": "sleep"}
+
+
+@agent("t_shifty")
+def t_shifty(ctx, request: Empty) -> str:
+    ctx.tool("t_read", value=1)
+    if SHIFT["second"] == "sleep":
+        ctx.sleep(3600)
+    else:
+        ctx.tool("t_idem", value=2)
+    return "done"
+
+
+class Sleep(BaseModel):
+    seconds: float
+    steps: int = 1
+
+
+@agent("t_sleeper")
+def t_sleeper(ctx, request: Sleep) -> int:
+    total = 0
+    for i in range(request.steps):
+        total += ctx.tool("t_read", value=i)["read"]
+        ctx.sleep(request.seconds)
+    return total
+
+
+@agent("t_parent")
+def t_parent(ctx, request: Value) -> dict:
+    child = ctx.start_child("t_child", {"value": request.value})
+    return {"child": str(child), "output": ctx.wait_child(child)}
+
+
+@agent("t_child")
+def t_child(ctx, request: Value) -> int:
+    ctx.sleep(0.5)
+    return ctx.tool("t_read", value=request.value)["read"] * 2
+
+
+@agent("t_failing_child_parent")
+def t_failing_child_parent(ctx, request: Empty) -> str:
+    try:
+        ctx.run_child("t_contract_breaker", {})
+    except Exception as error:
+        return str(error)
+    return "no error"
+
+
+@agent("t_contract_breaker")
+def t_contract_breaker(ctx, request: Empty) -> int:
+    raise ValueError("this child always fails")
+
+
+# For worker processes: calls counted in the outside world (LedgerCall).
+
+
+class Blocking(BaseModel):
+    value: int
+    release: str  # a file path; the tool blocks until it exists
+
+
+@tool(effect="read")
+def w_read(args: Blocking) -> dict:
+    LedgerCall.objects.create(key=f"w_read:{args.value}", tool="w_read", executed=True)
+    return {"value": args.value}
+
+
+@tool(effect="write", idempotent=True)
+def w_block(args: Blocking, *, idempotency_key: str) -> dict:
+    LedgerCall.objects.create(key=idempotency_key, tool="w_block", executed=True)
+    deadline = time.monotonic() + 120
+    while not Path(args.release).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"released": True}
+
+
+@tool(effect="write", idempotent=True)
+def w_write(args: Blocking, *, idempotency_key: str) -> dict:
+    LedgerCall.objects.create(key=idempotency_key, tool="w_write", executed=True)
+    return {"written": args.value}
+
+
+@agent("w_blocker")
+def w_blocker(ctx, request: Blocking) -> int:
+    ctx.tool("w_read", value=request.value, release=request.release)
+    ctx.tool("w_write", value=request.value, release=request.release)
+    ctx.tool("w_block", value=request.value, release=request.release)
+    ctx.tool("w_write", value=request.value + 1, release=request.release)
+    return request.value

@@ -1,0 +1,131 @@
+"""Agents and tools that prove the runtime: the chaos agent (`manage.py chaos`) and the
+benchmark agents (`manage.py bench_journal`).
+
+The chaos tools act on LedgerCall, a table that stands for the outside world and records every
+call they receive, so the chaos command can count effects that happened twice.
+"""
+
+import random
+import time
+
+from django.db import IntegrityError, transaction
+from pydantic import BaseModel, Field
+
+from runs.agents import agent
+from tools.models import LedgerCall
+from tools.registry import Reconciled, tool
+
+
+def _latency():
+    # A remote call takes a while; long enough for a kill to land in the middle of one.
+    time.sleep(random.uniform(0.02, 0.12))
+
+
+class Account(BaseModel):
+    account: int = Field(ge=0)
+
+
+class Amount(BaseModel):
+    account: int = Field(ge=0)
+    amount: int = Field(gt=0)
+
+
+@tool(effect="read")
+def chaos_balance(args: Account) -> dict:
+    """Read: a deterministic balance."""
+    _latency()
+    return {"balance": 100 + args.account}
+
+
+@tool(effect="write", idempotent=True)
+def chaos_deposit(args: Amount, *, idempotency_key: str) -> dict:
+    """Idempotent write: the downstream takes effect once per key."""
+    _latency()
+    try:
+        with transaction.atomic():
+            LedgerCall.objects.create(key=idempotency_key, tool="chaos_deposit", executed=True, amount=args.amount)
+    except IntegrityError:
+        LedgerCall.objects.create(key=idempotency_key, tool="chaos_deposit", executed=False, amount=args.amount)
+    return {"deposited": args.amount}
+
+
+def _charge_happened(args, idempotency_key):
+    done = LedgerCall.objects.filter(key=idempotency_key, executed=True).exists()
+    return Reconciled(happened=done, result={"charged": args.amount} if done else None)
+
+
+@tool(effect="write", reconcile=_charge_happened)
+def chaos_charge(args: Amount, *, idempotency_key: str) -> dict:
+    """Non-idempotent write with a reconcile hook: the downstream can say whether key K happened."""
+    _latency()
+    LedgerCall.objects.create(key=idempotency_key, tool="chaos_charge", executed=True, amount=args.amount)
+    return {"charged": args.amount}
+
+
+@tool(effect="write")
+def chaos_notify(args: Amount, *, idempotency_key: str) -> dict:
+    """Non-idempotent write, no reconcile: in doubt after a crash, a person decides."""
+    _latency()
+    LedgerCall.objects.create(key=idempotency_key, tool="chaos_notify", executed=True, amount=args.amount)
+    return {"notified": args.amount}
+
+
+class ChaosInput(BaseModel):
+    account: int = Field(ge=0)
+
+
+class ChaosOutput(BaseModel):
+    account: int
+    total: int
+
+
+def chaos_expected_total(account):
+    return (100 + account) + 3 * (account + 1)
+
+
+@agent("chaos")
+def chaos(ctx, request: ChaosInput) -> ChaosOutput:
+    n = request.account
+    balance = ctx.tool("chaos_balance", account=n)["balance"]
+    ctx.tool("chaos_deposit", account=n, amount=n + 1)
+    ctx.tool("chaos_charge", account=n, amount=n + 1)
+    ctx.now()
+    ctx.tool("chaos_notify", account=n, amount=n + 1)
+    ctx.tool("chaos_balance", account=n)
+    ctx.tool("chaos_deposit", account=n, amount=n + 1)
+    return ChaosOutput(account=n, total=balance + 3 * (n + 1))
+
+
+# Benchmarks: tools that do nothing, so that what is measured is the journal.
+
+
+class Nothing(BaseModel):
+    i: int
+
+
+@tool(effect="read")
+def bench_read(args: Nothing) -> dict:
+    return {"i": args.i}
+
+
+@tool(effect="write", idempotent=True)
+def bench_write(args: Nothing, *, idempotency_key: str) -> dict:
+    return {"i": args.i}
+
+
+class Steps(BaseModel):
+    steps: int = Field(ge=0, le=1_000_000)
+
+
+@agent("bench_reads")
+def bench_reads(ctx, request: Steps) -> int:
+    for i in range(request.steps):
+        ctx.tool("bench_read", i=i)
+    return request.steps
+
+
+@agent("bench_writes")
+def bench_writes(ctx, request: Steps) -> int:
+    for i in range(request.steps):
+        ctx.tool("bench_write", i=i)
+    return request.steps

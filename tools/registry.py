@@ -1,0 +1,71 @@
+"""The tool registry: `@tool` turns a plain function into a tool agents can call through ctx.
+
+A tool declares its effect (read, write or delete; undeclared means delete, the safe default),
+whether its downstream dedupes on the idempotency key it is given, and optionally a reconcile
+hook that answers "did the call with key K happen?" for a step left in doubt by a crash.
+"""
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+EFFECTS = ("read", "write", "delete")
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What a reconcile hook found: the call happened (with its result), or it did not."""
+
+    happened: bool
+    result: Any = None
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    fn: Callable
+    input_model: type[BaseModel]
+    effect: str
+    idempotent: bool
+    description: str
+    # reconcile(args, idempotency_key) -> Reconciled, or None when it cannot tell.
+    reconcile: Callable | None
+    takes_key: bool
+
+    def call(self, args: BaseModel, idempotency_key: str):
+        if self.takes_key:
+            return self.fn(args, idempotency_key=idempotency_key)
+        return self.fn(args)
+
+
+TOOLS: dict[str, Tool] = {}
+
+
+def tool(name=None, *, effect="delete", idempotent=False, reconcile=None, description=None):
+    """Register a tool: `def fn(args: Model, *, idempotency_key: str) -> JSON-able result`."""
+    if effect not in EFFECTS:
+        raise ValueError(f"effect must be one of {', '.join(EFFECTS)}, not {effect!r}")
+
+    def register(fn):
+        tool_name = name or fn.__name__
+        parameters = list(inspect.signature(fn).parameters.values())
+        annotation = parameters[0].annotation if parameters else inspect.Parameter.empty
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            raise TypeError(f"tool {tool_name!r}: its first parameter must be a pydantic model")
+        if tool_name in TOOLS and TOOLS[tool_name].fn is not fn:
+            raise ValueError(f"tool {tool_name!r} is registered twice")
+        TOOLS[tool_name] = Tool(
+            name=tool_name,
+            fn=fn,
+            input_model=annotation,
+            effect=effect,
+            idempotent=idempotent,
+            description=description or inspect.getdoc(fn) or "",
+            reconcile=reconcile,
+            takes_key=any(p.name == "idempotency_key" for p in parameters),
+        )
+        return fn
+
+    return register

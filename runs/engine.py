@@ -78,6 +78,9 @@ def enqueue_advance(run_id):
 
 def schedule_wake(run_id, wake_at):
     run_id = str(run_id)
+    # RQ's scheduler keeps whole seconds and rounds down: round up, so the job is not early.
+    if wake_at.microsecond:
+        wake_at = wake_at.replace(microsecond=0) + timedelta(seconds=1)
     transaction.on_commit(
         lambda: run_queue().enqueue_at(
             wake_at, wake_run, run_id, job_timeout=JOB_TIMEOUT_SECONDS, result_ttl=0
@@ -279,7 +282,10 @@ def _wake_parent(child):
 def wake_run(run_id):
     """The scheduled job of a sleep: back to the queue, then advance at once."""
     run = Run.objects.filter(id=run_id).only("status", "wake_at").first()
-    if run and run.status == S.WAITING and run.wake_at and run.wake_at <= timezone.now():
+    if run and run.status == S.WAITING and run.wake_at:
+        if run.wake_at > timezone.now():
+            schedule_wake(run_id, run.wake_at)
+            return "early"
         transition(run_id, S.QUEUED, expect={S.WAITING}, actor="system:scheduler", reason="sleep over")
     return advance_run(run_id)
 
@@ -359,7 +365,7 @@ def resume(run_id, *, actor, reason=""):
     with transaction.atomic():
         run = Run.objects.select_for_update().get(id=run_id)
         if run.status != S.PAUSED:
-            raise IllegalTransition(f"only a paused run can be resumed; this one is {run.get_status_display()}")
+            raise IllegalTransition(f"only a paused run can be resumed; this one is {run.get_status_display().lower()}")
         moved = transition(run_id, S.QUEUED, actor=actor, reason=reason or "resumed")
         enqueue_advance(run_id)
     return moved
@@ -386,7 +392,7 @@ def resolve_step(run_id, seq, decision, *, actor, result=None, reason=""):
     with transaction.atomic():
         run = Run.objects.select_for_update().get(id=run_id)
         if run.status != S.NEEDS_ATTENTION:
-            raise IllegalTransition(f"run {run_id} is {run.get_status_display()}, not waiting for a decision")
+            raise IllegalTransition(f"run {run_id} is {run.get_status_display().lower()}, not waiting for a decision")
         intent = in_doubt_step(run_id)
         if intent is None or intent.seq != seq:
             raise ValueError(f"step {seq} of run {run_id} is not in doubt")

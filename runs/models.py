@@ -187,7 +187,7 @@ def transition(run_id, to, *, actor, reason="", epoch=None, expect=None, **field
         if expect is not None and run.status not in expect:
             return None
         if to not in TRANSITIONS[run.status]:
-            raise IllegalTransition(f"a {run.get_status_display()} run cannot become {to}")
+            raise IllegalTransition(f"a {run.get_status_display().lower()} run cannot become {to}")
         previous = run.status
         run.status = to
         if to != S.RUNNING:

@@ -166,25 +166,21 @@ def fresh_test_agents():
 
 
 def empty_run_queue():
-    """Drop every job of the test database's run queue (left by earlier tests)."""
-    from rq.registry import (
-        DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry,
-        StartedJobRegistry,
-    )
+    """Forget every job of the test database's run queue, left by earlier tests.
 
+    The queue and its registries are the keys named after it (rq:queue:NAME,
+    rq:scheduled:NAME, ..., and the scheduler's lock, which a killed worker keeps for a minute).
+    """
     from runs.engine import run_queue
 
     queue = run_queue()
-    queue.empty()
-    for registry_class in (ScheduledJobRegistry, StartedJobRegistry, FailedJobRegistry,
-                           FinishedJobRegistry, DeferredJobRegistry):
-        registry = registry_class(queue=queue)
-        for job_id in registry.get_job_ids():
-            registry.remove(job_id, delete_job=True)
+    keys = list(queue.connection.scan_iter(f"rq:*:{queue.name}"))
+    if keys:
+        queue.connection.delete(*keys)
 
 
 class Workers:
-    """Real RQ worker processes (`manage.py runworker`) against the test database."""
+    """Real RQ worker processes (`manage.py worker`) against the test database."""
 
     def __init__(self, log_dir, **env):
         self.env = subprocess_env(**env)
@@ -192,7 +188,7 @@ class Workers:
         self.processes = []
 
     def start(self, scheduler=True):
-        args = [sys.executable, "manage.py", "runworker"]
+        args = [sys.executable, "manage.py", "worker"]
         if scheduler:
             args.append("--with-scheduler")
         log = open(self.log_dir / f"worker-{len(self.processes)}.log", "w")
@@ -252,3 +248,14 @@ def workers(transactional_db, tmp_path):
     yield pool
     pool.stop_all()
     empty_run_queue()
+
+
+def wait_for(condition, timeout=30, what="the condition"):
+    """Poll until condition() is true; fail naming what did not happen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout}s")

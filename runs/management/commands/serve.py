@@ -45,7 +45,7 @@ class Command(BaseCommand):
             "sweeper": [*manage, "sweeper"],
         }
         for number in range(1, workers + 1):
-            worker = [*manage, "runworker"]
+            worker = [*manage, "worker"]
             if number == 1:
                 worker.append("--with-scheduler")
             commands[f"worker-{number}"] = worker

@@ -35,8 +35,10 @@ S = RunStatus
 log = logging.getLogger(__name__)
 
 JOB_TIMEOUT_SECONDS = 3600
-# Queued runs untouched this long are enqueued again, in case their job was lost with Redis.
-QUEUED_STALE_SECONDS = 600
+# A queued run untouched for this many leases is enqueued again: its job may have been lost
+# (taken by a worker that died before it claimed the run, or lost with Redis). A second job for
+# a run is harmless: only one claim succeeds.
+REQUEUE_AFTER_LEASES = 10
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 
 
@@ -325,7 +327,7 @@ def sweep():
         with transaction.atomic():
             if transition(run_id, S.QUEUED, expect={S.WAITING}, actor="system:sweeper", reason="wake-up overdue"):
                 enqueue_advance(run_id)
-    stale = timezone.now() - timedelta(seconds=QUEUED_STALE_SECONDS)
+    stale = timezone.now() - timedelta(seconds=REQUEUE_AFTER_LEASES * settings.RUN_LEASE_SECONDS)
     for run_id in Run.objects.filter(status=S.QUEUED, updated_at__lt=stale).values_list("id", flat=True):
         with transaction.atomic():
             Run.objects.filter(id=run_id, status=S.QUEUED).update(updated_at=timezone.now())

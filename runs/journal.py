@@ -36,8 +36,11 @@ an intent is not written while one is pending, so a paused run never leaves a st
 import hashlib
 import json
 import uuid as uuid_module
+
+import psycopg
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -133,9 +136,13 @@ class Step:
     # What the intent row stores, where it holds more than identifies the step (a deadline).
     stored_args: Any = None
 
-    @property
+    @cached_property
+    def args_json(self):
+        return canonical_json(self.args)
+
+    @cached_property
     def args_hash(self):
-        return args_hash(self.args)
+        return hashlib.sha256(self.args_json.encode()).hexdigest()
 
 
 def describe_step(kind, name, hash_):
@@ -186,25 +193,42 @@ def load_journal(run_id):
 # reports any pending pause or cancel. An intent is refused while one is pending.
 WRITE_SQL = """
 WITH run AS (
-    SELECT lease_epoch, lease_owner, status, requested FROM runs_run WHERE id = %(run)s FOR SHARE
+    SELECT lease_epoch, lease_owner, status, requested FROM runs_run
+    WHERE id = %(run)s::uuid FOR KEY SHARE
 ), inserted AS (
     INSERT INTO runs_journalentry (
         run_id, seq, attempt, phase, kind, name, effect, args, args_hash, idempotency_key,
         status, result, error, actor, lease_epoch, created_at
     )
-    SELECT %(run)s, %(seq)s, %(attempt)s, %(phase)s, %(kind)s, %(name)s, %(effect)s,
-           %(args)s::jsonb, %(args_hash)s, %(key)s, %(status)s, %(result)s::jsonb,
-           %(error)s::jsonb, %(actor)s, %(epoch)s, now()
+    SELECT %(run)s::uuid, %(seq)s::integer, %(attempt)s::integer, %(phase)s::varchar,
+           %(kind)s::varchar, %(name)s::varchar, %(effect)s::varchar, %(args)s::jsonb,
+           %(args_hash)s::varchar, %(key)s::varchar, %(status)s::varchar, %(result)s::jsonb,
+           %(error)s::jsonb, %(actor)s::varchar, %(epoch)s::bigint, now()
     FROM run
-    WHERE run.status = 'running' AND run.lease_epoch = %(epoch)s AND run.lease_owner = %(owner)s
-      AND (%(phase)s = 'outcome' OR run.requested = '')
+    WHERE run.status = 'running' AND run.lease_epoch = %(epoch)s::bigint
+      AND run.lease_owner = %(owner)s::varchar
+      AND (%(phase)s::varchar = 'outcome' OR run.requested = '')
     RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM inserted),
-       run.status = 'running' AND run.lease_epoch = %(epoch)s AND run.lease_owner = %(owner)s,
+       run.status = 'running' AND run.lease_epoch = %(epoch)s::bigint
+           AND run.lease_owner = %(owner)s::varchar,
        run.requested
 FROM run
 """
+
+
+def _run_write_sql(params):
+    """Run WRITE_SQL as a prepared statement on Django's own connection.
+
+    Parsing and planning this statement costs more than executing it, and it runs once per
+    step, so it is prepared once per connection (server-side binding, which Django's default
+    client-side cursor does not use).
+    """
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(WRITE_SQL, params, prepare=True)
+        return cursor.fetchone()
 
 
 def _json_or_null(value):
@@ -375,24 +399,21 @@ class Context:
     def _write(self, step, attempt, phase, *, status="", result=None, error=None, actor_note=""):
         lease = self.lease
         if phase == INTENT:
-            stored_args = step.args if step.stored_args is None else step.stored_args
+            stored_args = step.args_json if step.stored_args is None else canonical_json(step.stored_args)
         else:
             # An outcome repeats the arguments only where no intent holds them.
-            stored_args = None if step.writes_intent else step.args
-        with connection.cursor() as cursor:
-            cursor.execute(
-                WRITE_SQL,
-                {
-                    "run": lease.run_id, "seq": self.seq, "attempt": attempt, "phase": phase,
-                    "kind": step.kind, "name": step.name, "effect": step.effect,
-                    "args": _json_or_null(stored_args), "args_hash": step.args_hash,
-                    "key": self._key() if step.kind == K.TOOL else "",
-                    "status": status, "result": _json_or_null(result), "error": _json_or_null(error),
-                    "actor": f"worker:{lease.owner}" + (f" ({actor_note})" if actor_note else ""),
-                    "epoch": lease.epoch, "owner": lease.owner,
-                },
-            )
-            inserted, holds_lease, requested = cursor.fetchone()
+            stored_args = None if step.writes_intent else step.args_json
+        inserted, holds_lease, requested = _run_write_sql(
+            {
+                "run": lease.run_id, "seq": self.seq, "attempt": attempt, "phase": phase,
+                "kind": step.kind, "name": step.name, "effect": step.effect,
+                "args": stored_args, "args_hash": step.args_hash,
+                "key": self._key() if step.kind == K.TOOL else "",
+                "status": status, "result": _json_or_null(result), "error": _json_or_null(error),
+                "actor": f"worker:{lease.owner}" + (f" ({actor_note})" if actor_note else ""),
+                "epoch": lease.epoch, "owner": lease.owner,
+            }
+        )
         if not holds_lease:
             raise Fenced(f"lost the lease on run {lease.run_id} (epoch {lease.epoch})")
         # A pause or cancel is honoured here, at the step boundary: an intent was refused (so

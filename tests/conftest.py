@@ -11,14 +11,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group, User
-from django.db import connection
 
 import tests.agents  # noqa: F401  (registers the test agents and tools)
+from runs.processes import (  # noqa: F401  (kill_worker and children are for the tests)
+    children, kill_worker, project_env, signal_quietly, start_manage,
+)
 from runs.roles import ADMIN, OPERATOR, VIEWER
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -75,22 +76,8 @@ def free_port():
 
 def subprocess_env(**extra):
     """The environment for a project process that must use the test database."""
-    db = connection.settings_dict
-    user = quote(db["USER"] or "")
-    password = f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else ""
-    host = db["HOST"] or "127.0.0.1"
-    port = db["PORT"] or "5432"
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=f"postgres://{user}{password}@{host}:{port}/{db['NAME']}",
-        REDIS_URL=settings.REDIS_URL,
-        SECRET_KEY=settings.SECRET_KEY,
-        DEBUG="0",
-        PYTHONUNBUFFERED="1",
-        AGENT_MODULES=",".join([*settings.AGENT_MODULES, "tests.agents"]),
-    )
-    env.update(extra)
-    return env
+    agent_modules = ",".join([*settings.AGENT_MODULES, "tests.agents"])
+    return project_env(DEBUG="0", AGENT_MODULES=agent_modules, **extra)
 
 
 def wait_for_port(port, process, seconds=30):
@@ -188,21 +175,14 @@ class Workers:
         self.processes = []
 
     def start(self, scheduler=True):
-        args = [sys.executable, "manage.py", "worker"]
-        if scheduler:
-            args.append("--with-scheduler")
         log = open(self.log_dir / f"worker-{len(self.processes)}.log", "w")
-        process = subprocess.Popen(args, cwd=PROJECT_DIR, env=self.env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = start_manage(["worker", "--with-scheduler"] if scheduler else ["worker"], self.env, log)
         self.processes.append(process)
         return process
 
     def sweeper(self):
         log = open(self.log_dir / "sweeper.log", "w")
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "sweeper", "--interval", "0.5"], cwd=PROJECT_DIR,
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        process = start_manage(["sweeper", "--interval", "0.5"], self.env, log)
         self.processes.append(process)
         return process
 
@@ -213,31 +193,6 @@ class Workers:
                     signal_quietly(pid, signal.SIGKILL)
                 process.kill()
             process.wait(timeout=10)
-
-
-def children(pid):
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
-def signal_quietly(pid, signum):
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def kill_worker(process):
-    """SIGKILL a worker and the work horse it forked: freeze it first, so it cannot fork anew."""
-    signal_quietly(process.pid, signal.SIGSTOP)
-    horses = children(process.pid)
-    for pid in horses:
-        signal_quietly(pid, signal.SIGKILL)
-    signal_quietly(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
-    return horses
 
 
 @pytest.fixture

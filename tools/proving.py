@@ -18,7 +18,7 @@ from tools.registry import Reconciled, tool
 
 def _latency():
     # A remote call takes a while; long enough for a kill to land in the middle of one.
-    time.sleep(random.uniform(0.02, 0.12))
+    time.sleep(random.uniform(0.05, 0.2))
 
 
 class Account(BaseModel):
@@ -122,6 +122,11 @@ def bench_reads(ctx, request: Steps) -> int:
     for i in range(request.steps):
         ctx.tool("bench_read", i=i)
     return request.steps
+
+
+@agent("bench_one_step")
+def bench_one_step(ctx, request: Steps) -> int:
+    return ctx.tool("bench_read", i=request.steps)["i"]
 
 
 @agent("bench_writes")

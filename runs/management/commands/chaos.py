@@ -1,0 +1,172 @@
+"""Crash proof: run the chaos agent on real workers while SIGKILLing them, then count.
+
+    python manage.py chaos --runs 40 --workers 2 --kill-every 1
+
+Works in its own database (agentops_chaos, made afresh each time), so the dashboard's data is
+never touched. Starts W worker processes, starts N runs of the chaos agent (tools.proving), and
+every SECONDS kills a random worker together with the work horse it forked, then starts a
+replacement. The sweeper runs in this process. When every run has settled, it checks each run
+against the ledger (the outside world) and prints, as its last line:
+
+    chaos: runs=N succeeded=S needs_attention=A lost=L duplicate_effects=D kills=K
+
+lost: runs that never settled, ended otherwise than succeeded or needs_attention, or whose
+journal misses a step that the ledger shows took effect. duplicate_effects: idempotency keys
+(one per step) that took effect more than once. Exits 1 when L or D is above zero.
+"""
+
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import close_old_connections
+
+from runs.engine import in_doubt_step, start_run, sweep
+from runs.models import JournalEntry, Run, RunStatus
+from runs.processes import kill_worker, project_env, start_manage, use_scratch_database
+from tools.models import LedgerCall
+from tools.proving import chaos_expected_total
+
+SETTLED = {RunStatus.SUCCEEDED, RunStatus.NEEDS_ATTENTION, RunStatus.FAILED, RunStatus.CANCELLED}
+CHAOS_STEPS = 7
+
+
+class Command(BaseCommand):
+    help = "SIGKILL real workers while chaos runs execute; count lost runs and duplicate effects."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--runs", type=int, default=40)
+        parser.add_argument("--workers", type=int, default=2)
+        parser.add_argument("--kill-every", type=float, default=1.0, metavar="SECONDS")
+        parser.add_argument("--lease", type=int, default=2, help="lease seconds for the workers")
+        parser.add_argument("--timeout", type=float, default=290, help="seconds to wait for every run to settle")
+        parser.add_argument("--seed", type=int, default=None)
+
+    def handle(self, *args, runs, workers, kill_every, lease, timeout, seed, **options):
+        if runs < 1 or workers < 1 or kill_every <= 0:
+            raise CommandError("--runs and --workers must be at least 1, --kill-every above 0")
+        chooser = random.Random(seed)
+        use_scratch_database("agentops_chaos")
+        settings.RUN_LEASE_SECONDS = lease
+        env = project_env(RUN_LEASE_SECONDS=str(lease))
+        log_dir = Path(tempfile.mkdtemp(prefix="agentops-chaos-"))
+        self.stdout.write(f"chaos: database agentops_chaos, worker logs in {log_dir}")
+
+        pool = []
+        started = 0
+
+        def start_worker():
+            nonlocal started
+            started += 1
+            log = open(log_dir / f"worker-{started}.log", "w")
+            pool.append(start_manage(["worker"], env, log))
+
+        for _ in range(workers):
+            start_worker()
+        run_ids = [
+            start_run("chaos", {"account": n}, started_by="chaos").id for n in range(runs)
+        ]
+        kills = 0
+        began = time.monotonic()
+        next_kill = began + kill_every
+        unsettled = set(run_ids)
+        try:
+            while unsettled and time.monotonic() - began < timeout:
+                if time.monotonic() >= next_kill:
+                    victim = chooser.choice(pool)
+                    pool.remove(victim)
+                    kill_worker(victim)
+                    kills += 1
+                    start_worker()
+                    next_kill += kill_every
+                close_old_connections()
+                sweep()
+                unsettled -= set(
+                    Run.objects.filter(id__in=unsettled, status__in=SETTLED).values_list("id", flat=True)
+                )
+                time.sleep(0.2)
+        finally:
+            for process in pool:
+                kill_worker(process)
+        elapsed = time.monotonic() - began
+
+        report = self.compare_with_ledger(run_ids, unsettled)
+        self.stdout.write(
+            f"chaos: settled in {elapsed:.1f}s; {report['reconciled']} in-doubt steps reconciled, "
+            f"{report['rerun']} idempotent writes re-run after a crash"
+        )
+        for line in report["problems"]:
+            self.stdout.write(f"chaos: problem: {line}")
+        self.stdout.write(
+            f"chaos: runs={runs} succeeded={report['succeeded']} "
+            f"needs_attention={report['needs_attention']} lost={report['lost']} "
+            f"duplicate_effects={report['duplicates']} kills={kills}"
+        )
+        sys.stdout.flush()
+        if report["lost"] or report["duplicates"]:
+            sys.exit(1)
+
+    def compare_with_ledger(self, run_ids, unsettled):
+        """Compare each run's journal with the ledger."""
+        problems = []
+        lost = set(unsettled)
+        for run_id in unsettled:
+            problems.append(f"run {run_id} never settled")
+        keys = {f"{run_id}:{seq}" for run_id in run_ids for seq in range(1, CHAOS_STEPS + 1)}
+        effects = Counter(
+            LedgerCall.objects.filter(key__in=keys, executed=True).values_list("key", flat=True)
+        )
+        duplicates = [key for key, count in effects.items() if count > 1]
+        problems += [f"key {key} took effect {effects[key]} times" for key in duplicates]
+
+        outcomes = {}
+        for run_id, seq in JournalEntry.objects.filter(
+            run_id__in=run_ids, phase="outcome", status="succeeded"
+        ).values_list("run_id", "seq"):
+            outcomes.setdefault(run_id, set()).add(seq)
+
+        counts = Counter()
+        for run in Run.objects.filter(id__in=run_ids):
+            counts[run.status] += 1
+            done = outcomes.get(run.id, set())
+            if run.status == RunStatus.SUCCEEDED:
+                expected = chaos_expected_total(run.input["account"])
+                if run.output != {"account": run.input["account"], "total": expected}:
+                    problems.append(f"run {run.id} returned {run.output}, expected total {expected}")
+                    lost.add(run.id)
+                if done != set(range(1, CHAOS_STEPS + 1)):
+                    problems.append(f"run {run.id} succeeded with journaled steps {sorted(done)}")
+                    lost.add(run.id)
+            elif run.status == RunStatus.NEEDS_ATTENTION:
+                step = in_doubt_step(run.id)
+                if step is None or "is in doubt" not in run.status_reason or "Decide" not in run.status_reason:
+                    problems.append(f"run {run.id} needs attention without naming a step to decide: {run.status_reason}")
+                    lost.add(run.id)
+            elif run.id not in unsettled:
+                problems.append(f"run {run.id} ended {run.status}: {run.error or run.status_reason}")
+                lost.add(run.id)
+            # Every effect in the outside world has its journaled outcome, or is the step in doubt.
+            in_doubt = in_doubt_step(run.id)
+            for seq in range(1, CHAOS_STEPS + 1):
+                if effects.get(f"{run.id}:{seq}") and seq not in done and not (in_doubt and in_doubt.seq == seq):
+                    problems.append(f"run {run.id} step {seq} took effect but its outcome is not journaled")
+                    lost.add(run.id)
+
+        reconciled = JournalEntry.objects.filter(run_id__in=run_ids, actor__endswith="(reconciled)").count()
+        rerun = JournalEntry.objects.filter(
+            run_id__in=run_ids, phase="intent", attempt__gt=1, name="chaos_deposit"
+        ).count()
+        return {
+            "succeeded": counts[RunStatus.SUCCEEDED],
+            "needs_attention": counts[RunStatus.NEEDS_ATTENTION],
+            "lost": len(lost),
+            "duplicates": len(duplicates),
+            "problems": problems,
+            "reconciled": reconciled,
+            "rerun": rerun,
+        }

@@ -1,0 +1,85 @@
+"""Helpers for the commands and tests that start and kill real worker processes."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+
+def database_url():
+    """The URL of the database this process uses, for the processes it starts."""
+    from urllib.parse import quote
+
+    db = connection.settings_dict
+    password = f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else ""
+    return (
+        f"postgres://{quote(db['USER'] or '')}{password}@{db['HOST'] or '127.0.0.1'}:"
+        f"{db['PORT'] or 5432}/{db['NAME']}"
+    )
+
+
+def project_env(**extra):
+    """The environment for a project process that must use this process's database."""
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        SECRET_KEY=settings.SECRET_KEY,
+        DEBUG="1" if settings.DEBUG else "0",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def start_manage(args, env, log):
+    """Start `manage.py ARGS` in its own session (so a signal to it reaches only it)."""
+    return subprocess.Popen(
+        [sys.executable, str(settings.BASE_DIR / "manage.py"), *args],
+        cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def children(pid):
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def signal_quietly(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def kill_worker(process):
+    """SIGKILL an RQ worker and the processes it forked (its work horse, its scheduler).
+
+    The worker is frozen first, so that it cannot fork a new horse between the look at its
+    children and the kill. Returns the children it killed.
+    """
+    signal_quietly(process.pid, signal.SIGSTOP)
+    forked = children(process.pid)
+    for pid in forked:
+        signal_quietly(pid, signal.SIGKILL)
+    signal_quietly(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    return forked
+
+
+def use_scratch_database(name):
+    """Point this process at a new, migrated database `name`, dropped first if it exists.
+
+    The chaos and benchmark commands work there, never in the dashboard's database.
+    """
+    with connection._nodb_cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    connection.settings_dict["TEST"]["NAME"] = name
+    connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)

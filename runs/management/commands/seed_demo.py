@@ -1,6 +1,7 @@
-"""Make the demo users (DEBUG only) and print their passwords.
+"""Make the demo users (DEBUG only) and print their passwords; start the demo runs.
 
-The passwords are new at every call, so what is printed is always what works.
+The passwords are new at every call, so what is printed is always what works. The demo runs
+carry idempotency keys, so a second `make up` does not start them again.
 """
 
 import secrets
@@ -9,9 +10,16 @@ from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand
 
+from runs.engine import start_run
 from runs.roles import ADMIN, OPERATOR, VIEWER
 
 DEMO_USERS = [(ADMIN, ADMIN), (OPERATOR, OPERATOR), (VIEWER, VIEWER)]
+DEMO_RUNS = [
+    ("demo-refund-A-1001", "refund_customer", {"order_id": "A-1001", "think_seconds": 5}),
+    ("demo-refund-A-1002", "refund_customer", {"order_id": "A-1002", "think_seconds": 60}),
+    ("demo-batch-1", "refund_batch", {"order_ids": ["A-1001", "A-1003"]}),
+    ("demo-refund-unknown-order", "refund_customer", {"order_id": "Z-404", "think_seconds": 0}),
+]
 
 
 class Command(BaseCommand):
@@ -34,3 +42,6 @@ class Command(BaseCommand):
             user.save()
             user.groups.set([Group.objects.get(name=role)])
             self.stdout.write(f"  {username:<9} {password}   ({role})")
+        for key, agent, data in DEMO_RUNS:
+            start_run(agent, data, started_by="demo", idempotency_key=key)
+        self.stdout.write(f"Demo runs: {len(DEMO_RUNS)} (started once; see the runs page)")

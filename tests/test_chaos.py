@@ -1,0 +1,26 @@
+"""`manage.py chaos`, small: real workers SIGKILLed while chaos runs execute."""
+
+import re
+import subprocess
+import sys
+
+from tests.conftest import PROJECT_DIR, subprocess_env
+
+
+def test_chaos_loses_nothing_and_repeats_no_effect():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "chaos", "--runs", "8", "--workers", "2", "--kill-every", "0.7",
+         "--timeout", "120", "--seed", "7"],
+        cwd=PROJECT_DIR, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )
+
+    last = result.stdout.strip().splitlines()[-1]
+    figures = re.fullmatch(
+        r"chaos: runs=8 succeeded=(\d+) needs_attention=(\d+) lost=(\d+) duplicate_effects=(\d+) kills=(\d+)", last
+    )
+    assert figures, result.stdout + result.stderr
+    succeeded, needs_attention, lost, duplicates, kills = map(int, figures.groups())
+    assert (lost, duplicates) == (0, 0), result.stdout
+    assert succeeded + needs_attention == 8
+    assert kills >= 1
+    assert result.returncode == 0

@@ -65,6 +65,8 @@ def agent(name):
         parameters = list(signature.parameters.values())
         if len(parameters) != 2:
             raise TypeError(f"agent {name!r} must take (ctx, input)")
+        if name in AGENTS and AGENTS[name].fn is not fn:
+            raise ValueError(f"agent {name!r} is registered twice")
         input_type = parameters[1].annotation
         output_type = signature.return_annotation
         AGENTS[name] = Agent(

@@ -19,13 +19,14 @@ from datetime import timedelta
 import redis
 import rq
 from django.conf import settings
-from django.db import IntegrityError, connection, connections, transaction
+from django.db import DatabaseError, IntegrityError, connection, connections, transaction
 from django.utils import timezone
 
+from runs import live
 from runs.agents import InvalidInput, get_agent
 from runs.journal import (
-    CancelRequested, Context, Fenced, Lease, NeedsAttention, PauseRequested, ToolError, Wait,
-    load_journal,
+    CancelRequested, Context, Fenced, JournalUnavailable, Lease, NeedsAttention, PauseRequested,
+    ToolError, Wait, load_journal,
 )
 from runs.models import (
     FINISHED, IllegalTransition, JournalEntry, Requested, Run, RunEvent, RunStatus, transition,
@@ -122,7 +123,10 @@ def start_run(agent_name, input, *, started_by, idempotency_key=None, parent_id=
             )
             RunEvent.objects.create(run=run, kind=RunEvent.Kind.CREATED, to_status=S.QUEUED, actor=started_by)
             enqueue_advance(run.id)
+            live.changed(run.id)
     except IntegrityError:
+        if idempotency_key is None:
+            raise
         # Another caller started the same key at the same moment.
         existing = _run_for_key(idempotency_key, agent_name, data)
         if existing is None:
@@ -167,7 +171,10 @@ def claim(run_id, owner):
             {"run": run_id, "owner": owner, "lease": settings.RUN_LEASE_SECONDS, "actor": f"worker:{owner}"},
         )
         row = cursor.fetchone()
-    return Lease(run_id=run_id, owner=owner, epoch=row[0]) if row else None
+    if row is None:
+        return None
+    live.changed(run_id)
+    return Lease(run_id=run_id, owner=owner, epoch=row[0])
 
 
 class Heartbeat(threading.Thread):
@@ -182,14 +189,20 @@ class Heartbeat(threading.Thread):
         interval = settings.RUN_LEASE_SECONDS / 3
         try:
             while not self.stopped.wait(interval):
-                with connection.cursor() as cursor:
-                    cursor.execute(
-                        "UPDATE runs_run SET lease_expires_at = now() + make_interval(secs => %s)"
-                        " WHERE id = %s AND status = 'running' AND lease_epoch = %s",
-                        [settings.RUN_LEASE_SECONDS, self.lease.run_id, self.lease.epoch],
-                    )
-                    if cursor.rowcount == 0:
-                        return  # fenced: the journal writes will find out too
+                try:
+                    with connection.cursor() as cursor:
+                        cursor.execute(
+                            "UPDATE runs_run SET lease_expires_at = now() + make_interval(secs => %s)"
+                            " WHERE id = %s AND status = 'running' AND lease_epoch = %s",
+                            [settings.RUN_LEASE_SECONDS, self.lease.run_id, self.lease.epoch],
+                        )
+                        if cursor.rowcount == 0:
+                            return  # fenced: the journal writes will find out too
+                except DatabaseError:
+                    # Try again at the next beat, on a new connection; two beats remain before
+                    # the lease runs out.
+                    log.warning("heartbeat of run %s failed", self.lease.run_id, exc_info=True)
+                    connection.close()
         finally:
             connection.close()
 
@@ -211,7 +224,9 @@ def advance_run(run_id):
         with Heartbeat(lease):
             return execute(lease)
     finally:
-        # Work horses are forked per job: leave no connection behind for the next fork.
+        # The work horse exits when the job ends: publish what it changed, and leave no
+        # connection behind.
+        live.flush()
         connections.close_all()
 
 
@@ -225,17 +240,20 @@ def execute(lease):
         value = agent.fn(ctx, agent.parse_input(run.input))
         output = agent.dump_output(value)
     except Wait as wait:
-        return _wait(run.id, wait, end)
+        moved = _wait(run.id, wait, end)
     except PauseRequested:
         moved = transition(run.id, S.PAUSED, reason="paused by an operator's request", **end)
     except CancelRequested:
         moved = transition(run.id, S.CANCELLED, reason="cancelled by an operator's request", **end)
-        _wake_parent(moved)
     except NeedsAttention as attention:
         moved = transition(run.id, S.NEEDS_ATTENTION, reason=attention.reason, **end)
     except Fenced as fenced:
         log.warning("%s", fenced)
         return "fenced"
+    except JournalUnavailable as error:
+        # The run stays as it is; its lease expires and the sweeper hands it on.
+        log.error("run %s stopped: %s", run.id, error)
+        return "stopped"
     except Exception as error:
         expected = isinstance(error, (ToolError, InvalidInput))
         log.info("run %s failed: %s", run.id, error, exc_info=not expected)
@@ -243,13 +261,9 @@ def execute(lease):
             failure = {"type": error.type, "message": error.message}
         else:
             failure = {"type": type(error).__name__, "message": str(error)}
-        with transaction.atomic():
-            moved = transition(run.id, S.FAILED, error=failure, **end)
-            _wake_parent(moved)
+        moved = transition(run.id, S.FAILED, error=failure, **end)
     else:
-        with transaction.atomic():
-            moved = transition(run.id, S.SUCCEEDED, output=output, **end)
-            _wake_parent(moved)
+        moved = transition(run.id, S.SUCCEEDED, output=output, **end)
     return moved.status if moved else "fenced"
 
 
@@ -260,25 +274,11 @@ def _wait(run_id, wait, end):
             # finished meanwhile, nobody would wake us, so go straight back to the queue.
             child = Run.objects.select_for_update().only("status").get(id=wait.child_id)
             if child.is_finished:
-                moved = transition(run_id, S.QUEUED, reason="child run finished", **end)
-                if moved:
-                    enqueue_advance(run_id)
-                return moved.status if moved else "fenced"
+                return transition(run_id, S.QUEUED, reason="child run finished", **end)
         moved = transition(run_id, S.WAITING, reason=wait.reason, wake_at=wait.wake_at, **end)
-        if moved and wait.wake_at:
+        if moved and moved.status == S.WAITING and wait.wake_at:
             schedule_wake(run_id, wait.wake_at)
-    return moved.status if moved else "fenced"
-
-
-def _wake_parent(child):
-    """A finished child run wakes its parent, if the parent waits."""
-    if child is not None and child.parent_id and child.status in FINISHED:
-        moved = transition(
-            child.parent_id, S.QUEUED, expect={S.WAITING}, actor=f"run:{child.id}",
-            reason=f"child run {child.id} {child.status}",
-        )
-        if moved:
-            enqueue_advance(child.parent_id)
+    return moved
 
 
 def wake_run(run_id):
@@ -312,26 +312,27 @@ def wait_until_settled(run_id, timeout):
 
 
 def sweep():
-    """One pass: hand back runs whose worker died, wake overdue runs, re-enqueue lost jobs."""
+    """One pass: hand back runs whose worker died, wake overdue runs, re-enqueue lost jobs.
+
+    Every move re-checks its condition under the run's lock, so a heartbeat that lands between
+    the look and the move keeps its run.
+    """
     handed_back = 0
     for run_id, epoch, owner in Run.objects.lease_expired().values_list("id", "lease_epoch", "lease_owner"):
-        with transaction.atomic():
-            moved = transition(
-                run_id, S.QUEUED, epoch=epoch, actor="system:sweeper",
-                reason=f"the lease of worker {owner} expired",
-            )
-            if moved:
-                handed_back += 1
-                enqueue_advance(run_id)
+        if transition(run_id, S.QUEUED, epoch=epoch, lease_expired=True, actor="system:sweeper",
+                      reason=f"the lease of worker {owner} expired"):
+            handed_back += 1
     for run_id in Run.objects.overdue().values_list("id", flat=True):
-        with transaction.atomic():
-            if transition(run_id, S.QUEUED, expect={S.WAITING}, actor="system:sweeper", reason="wake-up overdue"):
-                enqueue_advance(run_id)
+        transition(run_id, S.QUEUED, expect={S.WAITING}, actor="system:sweeper", reason="wake-up overdue")
+    # A parent whose child finished but which still waits (its wake-up was lost).
+    orphaned = Run.objects.filter(status=S.WAITING, wake_at__isnull=True, children__status__in=FINISHED)
+    for run_id in orphaned.values_list("id", flat=True).distinct():
+        transition(run_id, S.QUEUED, expect={S.WAITING}, actor="system:sweeper", reason="a child run finished")
     stale = timezone.now() - timedelta(seconds=REQUEUE_AFTER_LEASES * settings.RUN_LEASE_SECONDS)
     for run_id in Run.objects.filter(status=S.QUEUED, updated_at__lt=stale).values_list("id", flat=True):
         with transaction.atomic():
-            Run.objects.filter(id=run_id, status=S.QUEUED).update(updated_at=timezone.now())
-            enqueue_advance(run_id)
+            if Run.objects.filter(id=run_id, status=S.QUEUED, updated_at__lt=stale).update(updated_at=timezone.now()):
+                enqueue_advance(run_id)
     return handed_back
 
 
@@ -356,11 +357,9 @@ def _request(run_id, request, to, *, actor, reason):
                 run.save(update_fields=["requested", "updated_at"])
             RunEvent.objects.create(run=run, kind=RunEvent.Kind.REQUEST, actor=actor, reason=reason,
                                     details={"requested": request})
+            live.changed(run.id)
             return run
-        moved = transition(run_id, to, actor=actor, reason=reason or f"{to} by {actor}")
-        if to == S.CANCELLED:
-            _wake_parent(moved)
-        return moved
+        return transition(run_id, to, actor=actor, reason=reason or f"{to} by {actor}")
 
 
 def resume(run_id, *, actor, reason=""):
@@ -368,9 +367,7 @@ def resume(run_id, *, actor, reason=""):
         run = Run.objects.select_for_update().get(id=run_id)
         if run.status != S.PAUSED:
             raise IllegalTransition(f"only a paused run can be resumed; this one is {run.get_status_display().lower()}")
-        moved = transition(run_id, S.QUEUED, actor=actor, reason=reason or "resumed")
-        enqueue_advance(run_id)
-    return moved
+        return transition(run_id, S.QUEUED, actor=actor, reason=reason or "resumed")
 
 
 class Decision:
@@ -396,8 +393,12 @@ def resolve_step(run_id, seq, decision, *, actor, result=None, reason=""):
         if run.status != S.NEEDS_ATTENTION:
             raise IllegalTransition(f"run {run_id} is {run.get_status_display().lower()}, not waiting for a decision")
         intent = in_doubt_step(run_id)
-        if intent is None or intent.seq != seq:
-            raise ValueError(f"step {seq} of run {run_id} is not in doubt")
+        if intent is None:
+            raise ValueError(
+                f"no step of run {run_id} is in doubt: {run.status_reason or 'it needs attention for another reason'}"
+            )
+        if intent.seq != seq:
+            raise ValueError(f"step {seq} is not in doubt; step {intent.seq} is")
         status, outcome, error = {
             Decision.HAPPENED: (JournalEntry.Status.SUCCEEDED, result, None),
             Decision.RUN_AGAIN: (JournalEntry.Status.ABANDONED, None, None),
@@ -412,9 +413,7 @@ def resolve_step(run_id, seq, decision, *, actor, result=None, reason=""):
         )
         RunEvent.objects.create(run=run, kind=RunEvent.Kind.RESOLUTION, actor=actor, reason=reason,
                                 details={"seq": seq, "decision": decision})
-        moved = transition(run_id, S.QUEUED, actor=actor, reason=f"step {seq} resolved: {decision}")
-        enqueue_advance(run_id)
-    return moved
+        return transition(run_id, S.QUEUED, actor=actor, reason=f"step {seq} resolved: {decision}")
 
 
 def in_doubt_step(run_id):

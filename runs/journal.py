@@ -44,10 +44,12 @@ from functools import cached_property
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 from pydantic import ValidationError
+from pydantic_core import to_jsonable_python
 
+from runs import live
 from runs.agents import describe
 from runs.models import JournalEntry
 from tools.registry import TOOLS, Reconciled
@@ -109,6 +111,10 @@ class Fenced(Suspend):
     """Another worker holds the run now; this one must stop without writing anything."""
 
 
+class JournalUnavailable(Suspend):
+    """The journal could not be written (the database failed): stop, and let the lease lapse."""
+
+
 # The pieces ------------------------------------------------------------------------------------
 
 
@@ -142,7 +148,7 @@ class Step:
 
     @cached_property
     def args_hash(self):
-        return hashlib.sha256(self.args_json.encode()).hexdigest()
+        return hash_json(self.args_json)
 
 
 def describe_step(kind, name, hash_):
@@ -154,8 +160,16 @@ def canonical_json(value):
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def args_hash(args):
-    return hashlib.sha256(canonical_json(args).encode()).hexdigest()
+def hash_json(text):
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def as_json(value):
+    """What a result becomes in the journal, and so what the agent receives, live or replayed.
+
+    Pydantic models, dates and the like become their JSON form; anything else its text.
+    """
+    return json.loads(canonical_json(to_jsonable_python(value, fallback=str)))
 
 
 @dataclass(frozen=True)
@@ -188,9 +202,13 @@ def load_journal(run_id):
     return rows
 
 
-# The one statement that writes a journal row: it locks the run row (FOR SHARE, so a claim by
-# another worker waits for it, or it sees that claim), inserts only while the lease holds, and
-# reports any pending pause or cancel. An intent is refused while one is pending.
+# The one statement that writes a journal row: it inserts only while the run is running under
+# the writer's lease epoch, and reports any pending pause or cancel (an intent is refused while
+# one is pending). It locks the run row FOR KEY SHARE, which the foreign key takes anyway. Every
+# move of a run out of running goes through runs.models.transition, which locks the row FOR
+# UPDATE: that move waits for a write in flight, and a write that waited for the move re-checks
+# status and epoch on the new row and inserts nothing. (A claim only takes queued runs, so a
+# new epoch always comes after such a move.) Heartbeats do not conflict with the lock.
 WRITE_SQL = """
 WITH run AS (
     SELECT lease_epoch, lease_owner, status, requested FROM runs_run
@@ -225,10 +243,13 @@ def _run_write_sql(params):
     step, so it is prepared once per connection (server-side binding, which Django's default
     client-side cursor does not use).
     """
-    connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(WRITE_SQL, params, prepare=True)
-        return cursor.fetchone()
+    try:
+        connection.ensure_connection()
+        with psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(WRITE_SQL, params, prepare=True)
+            return cursor.fetchone()
+    except (psycopg.Error, DatabaseError) as error:
+        raise JournalUnavailable(f"could not write the journal of run {params['run']}: {error}") from error
 
 
 def _json_or_null(value):
@@ -353,11 +374,20 @@ class Context:
         if step.idempotent:
             return self._execute(step, attempt=intent.attempt + 1)
         if step.reconcile is not None:
-            found = step.reconcile(self._key())
+            try:
+                found = step.reconcile(self._key())
+            except Exception as error:
+                raise NeedsAttention(
+                    f"step {self.seq} ({step.effect} {step.name!r}) is in doubt and its reconcile "
+                    f"hook failed ({type(error).__name__}: {error}). Decide: it happened (give its "
+                    "result), run it again, or fail it.",
+                    self.seq,
+                ) from error
             if isinstance(found, Reconciled) and found.happened:
-                self._write(step, intent.attempt, OUTCOME, status=SUCCEEDED, result=found.result,
+                result = as_json(found.result)
+                self._write(step, intent.attempt, OUTCOME, status=SUCCEEDED, result=result,
                             actor_note="reconciled")
-                return found.result
+                return result
             if isinstance(found, Reconciled):
                 return self._execute(step, attempt=intent.attempt + 1)
         raise NeedsAttention(
@@ -371,8 +401,7 @@ class Context:
         if step.writes_intent:
             self._write(step, attempt, INTENT)
         try:
-            result = step.call(self._key())
-            canonical_json(result)
+            result = as_json(step.call(self._key()))
         except ContractViolation as error:
             self._write(step, attempt, OUTCOME, status=FAILED, error={"type": "contract", "message": str(error)})
             raise ToolError("contract", str(error)) from None
@@ -418,6 +447,8 @@ class Context:
             raise Fenced(f"lost the lease on run {lease.run_id} (epoch {lease.epoch})")
         # A pause or cancel is honoured here, at the step boundary: an intent was refused (so
         # nothing is in doubt), or an outcome was just recorded (so the step is complete).
+        if inserted:
+            live.changed(lease.run_id)
         if requested == "cancel":
             raise CancelRequested()
         if requested == "pause":
@@ -450,7 +481,9 @@ class Context:
         child_id = str(child_id)
 
         def call(key):
-            child = Run.objects.only("status", "output", "error").get(id=child_id)
+            child = Run.objects.only("status", "output", "error").filter(id=child_id).first()
+            if child is None:
+                raise ContractViolation(f"there is no child run {child_id}")
             if child.status == "succeeded":
                 return child.output
             if child.is_finished:

@@ -8,7 +8,10 @@ inserted but never updated or deleted; a lease exists exactly while a run is run
 import uuid
 
 from django.db import models, transaction
-from django.db.models.functions import Now
+from django.contrib.postgres.indexes import GinIndex, OpClass
+from django.db.models.functions import Cast, Now, Upper
+
+from runs import live
 
 
 class RunStatus(models.TextChoices):
@@ -143,6 +146,16 @@ class Run(models.Model):
             ),
         ]
         indexes = [
+            # The runs page: newest first, alone or filtered by status or agent (keyset pages).
+            models.Index(name="run_newest_idx", fields=["-created_at", "-id"]),
+            models.Index(name="run_status_newest_idx", fields=["status", "-created_at", "-id"]),
+            models.Index(name="run_agent_newest_idx", fields=["agent", "-created_at", "-id"]),
+            # The runs page: search for text in the input (UPPER(input::text) LIKE, as
+            # Django's icontains writes it), by trigrams.
+            GinIndex(
+                OpClass(Upper(Cast("input", models.TextField())), name="gin_trgm_ops"),
+                name="run_input_trgm_idx",
+            ),
             # The sweeper: running runs whose lease expired.
             models.Index(
                 name="run_lease_expiry_idx",
@@ -165,6 +178,19 @@ class Run(models.Model):
     def is_finished(self):
         return self.status in FINISHED
 
+    def get_absolute_url(self):
+        from django.urls import reverse
+
+        return reverse("runs:detail", args=[self.id])
+
+    @property
+    def duration(self):
+        if self.started_at is None:
+            return None
+        from django.utils import timezone
+
+        return (self.finished_at or timezone.now()) - self.started_at
+
 
 _TRANSITION_FIELDS = [
     "status", "lease_owner", "lease_expires_at", "requested", "wake_at", "status_reason",
@@ -172,13 +198,19 @@ _TRANSITION_FIELDS = [
 ]
 
 
-def transition(run_id, to, *, actor, reason="", epoch=None, expect=None, **fields):
+def transition(run_id, to, *, actor, reason="", epoch=None, expect=None, lease_expired=False, **fields):
     """Move a run to status `to`, in one transaction with its event row.
 
-    The row is locked; an illegal move raises IllegalTransition (the database would refuse it
+    The row is locked (FOR UPDATE: a journal write in flight finishes first, and any later one
+    sees the new state). An illegal move raises IllegalTransition (the database would refuse it
     too). With `epoch`, the move is made only by the lease holder of that epoch; with `expect`,
-    only from one of those statuses. Returns the updated run, or None when `epoch` or `expect`
-    no longer hold (someone else moved it first).
+    only from one of those statuses; with `lease_expired`, only if the lease has expired by the
+    database's clock. Returns the updated run, or None when a condition no longer holds.
+
+    Rules that go with every move live here, so no caller can forget them:
+    - a pause or cancel an operator asked of a running run is honoured when it leaves running
+      for the queue or a wait: it becomes paused or cancelled instead;
+    - a child run that finishes wakes its parent, if the parent waits.
     """
     with transaction.atomic():
         run = Run.objects.select_for_update().get(id=run_id)
@@ -186,6 +218,12 @@ def transition(run_id, to, *, actor, reason="", epoch=None, expect=None, **field
             return None
         if expect is not None and run.status not in expect:
             return None
+        if lease_expired and not Run.objects.filter(id=run_id, lease_expires_at__lt=Now()).exists():
+            return None
+        if run.status == S.RUNNING and run.requested and to in (S.QUEUED, S.WAITING):
+            to = S.CANCELLED if run.requested == Requested.CANCEL else S.PAUSED
+            reason = f"{to} by an operator's request (the run was about to {reason or 'wait'})"
+            fields.pop("wake_at", None)
         if to not in TRANSITIONS[run.status]:
             raise IllegalTransition(f"a {run.get_status_display().lower()} run cannot become {to}")
         previous = run.status
@@ -204,8 +242,24 @@ def transition(run_id, to, *, actor, reason="", epoch=None, expect=None, **field
             run=run, kind=RunEvent.Kind.TRANSITION, from_status=previous, to_status=to,
             actor=actor, reason=reason,
         )
+        live.changed(run.id)
         run.refresh_from_db(fields=["finished_at", "updated_at"])
+        if to in FINISHED and run.parent_id:
+            _wake(run.parent_id, actor=f"run:{run.id}", reason=f"child run {run.id} {to}")
+        if run.status in (S.QUEUED,) and previous != S.QUEUED:
+            _enqueue(run.id)
     return run
+
+
+def _wake(run_id, *, actor, reason):
+    """Back to the queue, if the run waits (a spurious wake is harmless: the replay waits again)."""
+    transition(run_id, S.QUEUED, expect={S.WAITING}, actor=actor, reason=reason)
+
+
+def _enqueue(run_id):
+    from runs.engine import enqueue_advance
+
+    enqueue_advance(run_id)
 
 
 class RunEvent(models.Model):
@@ -308,3 +362,35 @@ class JournalEntry(models.Model):
 
     def __str__(self):
         return f"{self.run_id} #{self.seq}.{self.attempt} {self.phase} {self.kind} {self.name}"
+
+
+class AuditEntry(models.Model):
+    """Append-only record of every operator action: who, what, when, on what, and why."""
+
+    at = models.DateTimeField(db_default=Now())
+    # The name as text, not a foreign key: the record outlives the account.
+    username = models.CharField(max_length=150)
+    action = models.CharField(max_length=64)
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.PROTECT, related_name="audit")
+    target = models.CharField(max_length=200, blank=True, default="")
+    reason = models.TextField(blank=True, default="")
+    details = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            # The audit page, newest first, by user or by action.
+            models.Index(name="audit_newest_idx", fields=["-at", "-id"]),
+            models.Index(name="audit_user_idx", fields=["username", "-at"]),
+            models.Index(name="audit_action_idx", fields=["action", "-at"]),
+        ]
+
+    def __str__(self):
+        return f"{self.at} {self.username} {self.action} {self.target}"
+
+    @classmethod
+    def record(cls, user, action, *, run=None, target="", reason="", details=None):
+        return cls.objects.create(
+            username=user.get_username(), action=action, run=run,
+            target=target or (str(run.id) if run else ""), reason=reason, details=details,
+        )

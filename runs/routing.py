@@ -1,2 +1,8 @@
-# Websocket routes for the live pages; the consumers arrive with the live pages (issue 4).
-websocket_urlpatterns = []
+from django.urls import path
+
+from runs import consumers
+
+websocket_urlpatterns = [
+    path("ws/runs/", consumers.RunListConsumer.as_asgi()),
+    path("ws/runs/<uuid:run_id>/", consumers.RunConsumer.as_asgi()),
+]

@@ -1,11 +1,178 @@
-from django.contrib.auth.decorators import permission_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+import json
 
-from runs.models import Run
+from django.contrib import messages
+from django.contrib.auth.decorators import permission_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from runs import engine
+from runs.listing import RunListing
+from runs.models import AuditEntry, IllegalTransition, JournalEntry, Run, RunStatus
+from runs.timeline import build_steps, waterfall
+
+AUDIT_PAGE_SIZE = 100
+
+
+def _get_run(run_id) -> Run:
+    try:
+        return Run.objects.get(id=run_id)
+    except (Run.DoesNotExist, ValidationError):
+        raise Http404("there is no such run") from None
 
 
 @permission_required("runs.view_run", raise_exception=True)
 def run_list(request: HttpRequest) -> HttpResponse:
-    runs = Run.objects.all()[:50]
-    return render(request, "runs/list.html", {"runs": runs})
+    listing = RunListing.from_params(request.GET)
+    runs, next_cursor = listing.page()
+    context = {
+        "listing": listing, "runs": runs, "next_cursor": next_cursor, "counts": listing.counts(),
+        "statuses": RunStatus.choices, "agents": listing.agents(),
+    }
+    template = "runs/list.html#table" if request.htmx else "runs/list.html"
+    return render(request, template, context)
+
+
+def run_context(run: Run, *, user):
+    rows = list(JournalEntry.objects.filter(run=run).order_by("seq", "attempt", "id"))
+    steps = build_steps(run, rows)
+    in_doubt = next((step for step in steps if step.status == "in_doubt"), None)
+    return {
+        "run": run,
+        "steps": steps,
+        "last_row_id": rows[-1].id if rows else 0,
+        "waterfall": waterfall(run, steps, timezone.now()),
+        "events": list(run.events.all()),
+        "children": _children_tree(run),
+        "in_doubt": in_doubt,
+        "can": {
+            "pause": user.has_perm("runs.pause_run") and run.status in (RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.WAITING) and run.requested == "",
+            "resume": user.has_perm("runs.resume_run") and run.status == RunStatus.PAUSED,
+            "cancel": user.has_perm("runs.cancel_run") and not run.is_finished and run.requested != "cancel",
+            "resolve": user.has_perm("runs.resolve_step") and in_doubt is not None,
+        },
+    }
+
+
+def _children_tree(run, depth=0):
+    if depth > 5:
+        return []
+    return [
+        {"run": child, "children": _children_tree(child, depth + 1)}
+        for child in Run.objects.filter(parent=run).order_by("created_at")
+    ]
+
+
+@permission_required("runs.view_run", raise_exception=True)
+def run_detail(request: HttpRequest, run_id) -> HttpResponse:
+    run = _get_run(run_id)
+    return render(request, "runs/detail.html", run_context(run, user=request.user))
+
+
+# Operator actions: each a POST with CSRF, permission-checked, audited, refused with a message
+# when the run's state does not allow it.
+
+ACTIONS = {
+    "pause": ("runs.pause_run", engine.request_pause),
+    "resume": ("runs.resume_run", engine.resume),
+    "cancel": ("runs.cancel_run", engine.request_cancel),
+}
+
+
+@require_POST
+def run_action(request: HttpRequest, run_id, action) -> HttpResponse:
+    if action not in ACTIONS:
+        raise Http404("no such action")
+    permission, act = ACTIONS[action]
+    if not request.user.has_perm(permission):
+        raise PermissionDenied
+    run = _get_run(run_id)
+    reason = request.POST.get("reason", "").strip()
+    if action == "cancel" and not reason:
+        messages.error(request, "Cancelling needs a reason: say why the run should stop.")
+        return _back_to(request, run)
+    try:
+        with transaction.atomic():
+            act(run.id, actor=f"user:{request.user.get_username()}", reason=reason)
+            AuditEntry.record(request.user, action, run=run, reason=reason)
+    except IllegalTransition as error:
+        messages.error(request, f"Not done: {error}.")
+    else:
+        messages.success(request, ACTION_DONE[action])
+    return _back_to(request, run)
+
+
+ACTION_DONE = {
+    "pause": "Pause requested: the run stops at its next step boundary (at once if it was not running).",
+    "resume": "Resumed: the run is queued and a worker will take it.",
+    "cancel": "Cancel requested: the run stops at its next step boundary (at once if it was not running).",
+}
+
+
+@require_POST
+@permission_required("runs.resolve_step", raise_exception=True)
+def resolve_step(request: HttpRequest, run_id, seq: int) -> HttpResponse:
+    run = _get_run(run_id)
+    decision = request.POST.get("decision", "")
+    reason = request.POST.get("reason", "").strip()
+    result = None
+    if decision == engine.Decision.HAPPENED:
+        text = request.POST.get("result", "").strip()
+        try:
+            result = json.loads(text)
+        except json.JSONDecodeError as error:
+            messages.error(request, f"The result is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); nothing was changed.")
+            return _back_to(request, run)
+    try:
+        with transaction.atomic():
+            engine.resolve_step(run.id, seq, decision, actor=f"user:{request.user.get_username()}",
+                                result=result, reason=reason)
+            AuditEntry.record(request.user, f"resolve_{decision}", run=run, reason=reason,
+                              details={"seq": seq, "result": result})
+    except (ValueError, IllegalTransition) as error:
+        messages.error(request, f"Not done: {error}.")
+    else:
+        messages.success(request, DECISION_DONE[decision].format(seq=seq))
+    return _back_to(request, run)
+
+
+DECISION_DONE = {
+    engine.Decision.HAPPENED: "Step {seq} recorded as happened; the agent receives your result and the run goes on.",
+    engine.Decision.RUN_AGAIN: "Step {seq} will run again with the same idempotency key; the run is queued.",
+    engine.Decision.FAIL: "Step {seq} failed; the agent receives your reason as the tool's error.",
+}
+
+
+def _back_to(request, run):
+    url = run.get_absolute_url()
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+@permission_required("runs.view_run", raise_exception=True)
+def audit_list(request: HttpRequest) -> HttpResponse:
+    entries = AuditEntry.objects.all()
+    username = request.GET.get("user", "").strip()
+    action = request.GET.get("action", "").strip()
+    if username:
+        entries = entries.filter(username=username)
+    if action:
+        entries = entries.filter(action=action)
+    before = request.GET.get("before", "")
+    if before.isdigit():
+        entries = entries.filter(id__lt=int(before))
+    page = list(entries.order_by("-id")[: AUDIT_PAGE_SIZE + 1])
+    more = len(page) > AUDIT_PAGE_SIZE
+    page = page[:AUDIT_PAGE_SIZE]
+    context = {
+        "entries": page,
+        "next_before": page[-1].id if more else None,
+        "username": username,
+        "action": action,
+        "usernames": AuditEntry.objects.order_by().values_list("username", flat=True).distinct(),
+        "actions": AuditEntry.objects.order_by().values_list("action", flat=True).distinct(),
+    }
+    return render(request, "runs/audit.html", context)

@@ -68,6 +68,8 @@ def t_idem(args: Value, *, idempotency_key: str) -> dict:
 def _recon_lookup(args, idempotency_key):
     if CRASH.get("t_recon_unknown"):
         return None
+    if CRASH.get("t_recon_raises"):
+        raise ConnectionError("the payment provider did not answer")
     happened = idempotency_key in EFFECTS
     return Reconciled(happened=happened, result={"recon": args.value, "reconciled": True} if happened else None)
 
@@ -206,6 +208,19 @@ def w_block(args: Blocking, *, idempotency_key: str) -> dict:
     return {"released": True}
 
 
+@tool(effect="write")
+def w_slow(args: Blocking, *, idempotency_key: str) -> dict:
+    """A plain write that takes longer than two leases of the test workers."""
+    LedgerCall.objects.create(key=idempotency_key, tool="w_slow", executed=True)
+    time.sleep(5)
+    return {"slow": True}
+
+
+@agent("w_long_call")
+def w_long_call(ctx, request: Blocking) -> bool:
+    return ctx.tool("w_slow", value=request.value, release=request.release)["slow"]
+
+
 @tool(effect="write", idempotent=True)
 def w_write(args: Blocking, *, idempotency_key: str) -> dict:
     LedgerCall.objects.create(key=idempotency_key, tool="w_write", executed=True)
@@ -219,3 +234,34 @@ def w_blocker(ctx, request: Blocking) -> int:
     ctx.tool("w_block", value=request.value, release=request.release)
     ctx.tool("w_write", value=request.value + 1, release=request.release)
     return request.value
+
+
+@tool(effect="write")
+def w_block_plain(args: Blocking, *, idempotency_key: str) -> dict:
+    """A plain (non-idempotent) write that blocks until its release file exists."""
+    LedgerCall.objects.create(key=idempotency_key, tool="w_block_plain", executed=True)
+    deadline = time.monotonic() + 120
+    while not Path(args.release).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"sent": True}
+
+
+@agent("w_plain_blocker")
+def w_plain_blocker(ctx, request: Blocking) -> dict:
+    ctx.tool("w_read", value=request.value, release=request.release)
+    sent = ctx.tool("w_block_plain", value=request.value, release=request.release)
+    return {"sent": sent}
+
+
+class Text(BaseModel):
+    text: str
+
+
+@tool(effect="read")
+def t_echo(args: Text) -> dict:
+    return {"echo": args.text}
+
+
+@agent("t_echo_agent")
+def t_echo_agent(ctx, request: Text) -> dict:
+    return ctx.tool("t_echo", text=request.text)

@@ -21,7 +21,9 @@ def route_text(pattern):
         text = pattern.regex.pattern.lstrip("^").removesuffix("$").removesuffix("\\Z")
         text = text.replace("/?", "/").replace("\\.", ".")
         return re.sub(r"\(\?P<[^>]+>[^)]*\)", "1", text)
-    return re.sub(r"<[^>]+>", "1", str(pattern))
+    text = re.sub(r"<uuid:[^>]+>", "00000000-0000-0000-0000-000000000001", str(pattern))
+    text = re.sub(r"<slug:[^>]+>", "pause", text)
+    return re.sub(r"<[^>]+>", "1", text)
 
 
 def every_url():

@@ -16,7 +16,7 @@ from runs.engine import (
     resolve_step, resume, start_run, sweep, wake_run,
 )
 from runs.journal import Context, Lease, load_journal
-from runs.models import JournalEntry, Run, RunEvent, transition
+from runs.models import IllegalTransition, JournalEntry, Run, RunEvent, transition
 from tests.agents import CALLS, CRASH, EFFECTS, KEYS, SHIFT, Crash
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -217,11 +217,49 @@ def test_an_operator_fails_the_step_and_the_agent_receives_the_reason():
     assert run.error == {"type": "failed_by_operator", "message": "failed by operator: customer unsubscribed"}
 
 
-def test_a_decision_on_a_step_that_is_not_in_doubt_is_refused():
+def test_a_decision_on_a_run_that_waits_for_none_is_refused():
     run = advance(start("t_protocol", {"value": 2}))
 
-    with pytest.raises(Exception, match="not waiting for a decision"):
+    with pytest.raises(IllegalTransition, match="is succeeded, not waiting for a decision"):
         resolve_step(run.id, 4, Decision.HAPPENED, actor="user:otto", result={})
+
+
+def test_a_decision_on_the_wrong_step_names_the_step_in_doubt():
+    CRASH["t_plain"] = "after"
+    run = crash(start("t_protocol", {"value": 2}))
+    del CRASH["t_plain"]
+    run = advance(expire_lease_and_sweep(run))
+
+    with pytest.raises(ValueError, match="step 3 is not in doubt; step 4 is"):
+        resolve_step(run.id, 3, Decision.HAPPENED, actor="user:otto", result={})
+    assert Run.objects.get(id=run.id).status == "needs_attention"
+
+
+def test_a_reconcile_hook_that_fails_sends_the_run_to_a_person():
+    CRASH["t_recon"] = "after"
+    run = crash(start("t_protocol", {"value": 4}))
+    del CRASH["t_recon"]
+    CRASH["t_recon_raises"] = True
+
+    run = advance(expire_lease_and_sweep(run))
+
+    assert run.status == "needs_attention"
+    assert "reconcile hook failed (ConnectionError: the payment provider did not answer)" in run.status_reason
+    assert CALLS["t_recon"] == 1
+
+
+def test_a_request_pending_when_the_lease_expires_is_honoured():
+    CRASH["t_idem"] = "after"
+    run = crash(start("t_protocol", {"value": 1}))
+    request_cancel(run.id, actor="user:otto", reason="stop it")
+    Run.objects.filter(id=run.id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    sweep()
+
+    run.refresh_from_db()
+    assert run.status == "cancelled"
+    assert run.status_reason == ""
+    assert RunEvent.objects.filter(run=run, to_status="cancelled", actor="system:sweeper").exists()
 
 
 def test_nondeterminism_is_reported_with_both_steps_named():

@@ -73,6 +73,8 @@ def test_a_worker_stopped_past_its_lease_cannot_write_when_it_continues(workers,
     os.kill(stale.pid, signal.SIGCONT)
     wait_for(lambda: not Path(f"/proc/{horse}").exists() or _is_zombie(horse), what="the stale work horse's exit")
 
+    log = (tmp_path / "worker-0.log").read_text()
+    assert f"lost the lease on run {run.id}" in log  # it tried to write, and was fenced
     assert list(JournalEntry.objects.filter(run=run).values_list("id", flat=True)) == rows_before
     assert RunEvent.objects.filter(run=run).count() == events_before
     assert not JournalEntry.objects.filter(run=run, actor=stale_actor, phase="outcome", seq=3).exists()
@@ -112,3 +114,17 @@ def test_a_parent_run_waits_for_its_child_on_real_workers(workers):
     child = Run.objects.get(parent=parent)
     assert parent.output == {"child": str(child.id), "output": 8}
     assert RunEvent.objects.filter(run=parent, actor=f"run:{child.id}", to_status="queued").exists()
+
+
+def test_a_call_longer_than_the_lease_keeps_its_worker_by_heartbeat(workers, tmp_path):
+    workers.start()
+    workers.sweeper()
+    run = start_run("w_long_call", {"value": 1, "release": str(tmp_path / "unused")}, started_by="test")
+
+    run = wait_until_settled(run.id, timeout=60)
+
+    # The call took 5 s, two and a half leases: heartbeats kept the lease, nobody took over.
+    assert run.status == "succeeded"
+    assert calls(f"{run.id}:1") == 1
+    assert not RunEvent.objects.filter(run=run, actor="system:sweeper").exists()
+    assert RunEvent.objects.filter(run=run, to_status="running").count() == 1

@@ -21,7 +21,7 @@ class OrderLookup(BaseModel):
     order_id: str = Field(min_length=1, max_length=50)
 
 
-@tool(effect="read", idempotent=True)
+@tool(effect="read")
 def lookup_order(args: OrderLookup) -> dict:
     """Look up an order by its id."""
     try:

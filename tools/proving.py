@@ -79,6 +79,10 @@ class ChaosOutput(BaseModel):
     total: int
 
 
+# The chaos agent's steps, in order (seq 1 to 7).
+CHAOS_STEPS = ["chaos_balance", "chaos_deposit", "chaos_charge", "now", "chaos_notify", "chaos_balance", "chaos_deposit"]
+
+
 def chaos_expected_total(account):
     return (100 + account) + 3 * (account + 1)
 

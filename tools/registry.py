@@ -56,6 +56,12 @@ def tool(name=None, *, effect="delete", idempotent=False, reconcile=None, descri
             raise TypeError(f"tool {tool_name!r}: its first parameter must be a pydantic model")
         if tool_name in TOOLS and TOOLS[tool_name].fn is not fn:
             raise ValueError(f"tool {tool_name!r} is registered twice")
+        takes_key = any(p.name == "idempotency_key" for p in parameters)
+        if idempotent and not takes_key:
+            raise TypeError(
+                f"tool {tool_name!r} says it is idempotent but takes no idempotency_key: "
+                "a step in doubt runs again, so its downstream must dedupe on that key"
+            )
         TOOLS[tool_name] = Tool(
             name=tool_name,
             fn=fn,
@@ -64,7 +70,7 @@ def tool(name=None, *, effect="delete", idempotent=False, reconcile=None, descri
             idempotent=idempotent,
             description=description or inspect.getdoc(fn) or "",
             reconcile=reconcile,
-            takes_key=any(p.name == "idempotency_key" for p in parameters),
+            takes_key=takes_key,
         )
         return fn
 

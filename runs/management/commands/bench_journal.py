@@ -28,7 +28,7 @@ from django.db import connection
 from rq import Worker
 
 from runs.engine import advance_run, run_queue, start_run
-from runs.journal import args_hash, canonical_json
+from runs.journal import canonical_json, hash_json
 from runs.models import Run, RunStatus
 from runs.processes import kill_worker, project_env, start_manage, use_scratch_database
 
@@ -91,7 +91,7 @@ class Command(BaseCommand):
                 args = {"i": i}
                 cursor.execute(
                     RAW_INSERT, [run.id, i + 1 + round_number * steps, canonical_json(args),
-                                 args_hash(args), canonical_json({"i": i})],
+                                 hash_json(canonical_json(args)), canonical_json({"i": i})],
                     prepare=True,
                 )
             return (time.perf_counter() - began) / steps * 1e6

@@ -26,14 +26,13 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
-from runs.engine import in_doubt_step, start_run, sweep
+from runs.engine import SETTLED, in_doubt_step, start_run, sweep
 from runs.models import JournalEntry, Run, RunStatus
 from runs.processes import kill_worker, project_env, start_manage, use_scratch_database
 from tools.models import LedgerCall
-from tools.proving import chaos_expected_total
+from tools.proving import CHAOS_STEPS, chaos_expected_total
 
-SETTLED = {RunStatus.SUCCEEDED, RunStatus.NEEDS_ATTENTION, RunStatus.FAILED, RunStatus.CANCELLED}
-CHAOS_STEPS = 7
+STEP_COUNT = len(CHAOS_STEPS)
 
 
 class Command(BaseCommand):
@@ -117,12 +116,23 @@ class Command(BaseCommand):
         lost = set(unsettled)
         for run_id in unsettled:
             problems.append(f"run {run_id} never settled")
-        keys = {f"{run_id}:{seq}" for run_id in run_ids for seq in range(1, CHAOS_STEPS + 1)}
-        effects = Counter(
-            LedgerCall.objects.filter(key__in=keys, executed=True).values_list("key", flat=True)
-        )
-        duplicates = [key for key, count in effects.items() if count > 1]
-        problems += [f"key {key} took effect {effects[key]} times" for key in duplicates]
+        keys = {f"{run_id}:{seq}" for run_id in run_ids for seq in range(1, STEP_COUNT + 1)}
+        calls = list(LedgerCall.objects.filter(key__in=keys).values_list("key", "executed", "called_at"))
+        effects = Counter(key for key, executed, _ in calls if executed)
+        duplicates = {key for key, count in effects.items() if count > 1}
+        problems += [f"key {key} took effect {effects[key]} times" for key in sorted(duplicates)]
+        # A call made after its step's outcome was journaled is a step executed again, even
+        # where an idempotent downstream absorbed it.
+        journaled_at = {
+            f"{run_id}:{seq}": at
+            for run_id, seq, at in JournalEntry.objects.filter(
+                run_id__in=run_ids, phase="outcome", status="succeeded"
+            ).values_list("run_id", "seq", "created_at")
+        }
+        for key, executed, called_at in calls:
+            if key in journaled_at and called_at > journaled_at[key] and key not in duplicates:
+                duplicates.add(key)
+                problems.append(f"key {key} was called again after its outcome was journaled")
 
         outcomes = {}
         for run_id, seq in JournalEntry.objects.filter(
@@ -139,7 +149,7 @@ class Command(BaseCommand):
                 if run.output != {"account": run.input["account"], "total": expected}:
                     problems.append(f"run {run.id} returned {run.output}, expected total {expected}")
                     lost.add(run.id)
-                if done != set(range(1, CHAOS_STEPS + 1)):
+                if done != set(range(1, STEP_COUNT + 1)):
                     problems.append(f"run {run.id} succeeded with journaled steps {sorted(done)}")
                     lost.add(run.id)
             elif run.status == RunStatus.NEEDS_ATTENTION:
@@ -152,7 +162,7 @@ class Command(BaseCommand):
                 lost.add(run.id)
             # Every effect in the outside world has its journaled outcome, or is the step in doubt.
             in_doubt = in_doubt_step(run.id)
-            for seq in range(1, CHAOS_STEPS + 1):
+            for seq in range(1, STEP_COUNT + 1):
                 if effects.get(f"{run.id}:{seq}") and seq not in done and not (in_doubt and in_doubt.seq == seq):
                     problems.append(f"run {run.id} step {seq} took effect but its outcome is not journaled")
                     lost.add(run.id)

@@ -1,5 +1,6 @@
 """The sweeper: hands back runs whose worker died, wakes overdue runs, re-enqueues lost jobs."""
 
+import logging
 import signal
 import time
 
@@ -8,6 +9,8 @@ from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
 from runs.engine import sweep
+
+log = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -29,7 +32,12 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, stop)
         while True:
             close_old_connections()
-            handed_back = sweep()
+            try:
+                handed_back = sweep()
+            except Exception:
+                # Postgres or Redis may be away for a moment: try again at the next pass.
+                log.exception("sweep failed")
+                handed_back = 0
             if handed_back:
                 self.stdout.write(f"handed back {handed_back} run(s) whose worker stopped")
             if once or stopping:

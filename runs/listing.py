@@ -1,0 +1,129 @@
+"""The runs page's query: filters, search, keyset pages, counts per status.
+
+Shared by the view and the live consumer, so the page and its live updates agree.
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlencode
+
+from django.db.models import BooleanField, Count, IntegerField, OuterRef, Subquery, TextField
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Cast
+
+from runs.agents import AGENTS
+from runs.models import JournalEntry, Run, RunStatus
+
+PAGE_SIZE = 50
+
+# Tokens and cost of a run: the sums over its LLM steps' journaled responses.
+TOKENS_SQL = """
+    SELECT COALESCE(SUM(COALESCE((j.result->>'input_tokens')::bigint, 0)
+                        + COALESCE((j.result->>'output_tokens')::bigint, 0)), 0)
+    FROM runs_journalentry j
+    WHERE j.run_id = runs_run.id AND j.kind = 'llm' AND j.phase = 'outcome' AND j.status = 'succeeded'
+"""
+COST_SQL = """
+    SELECT COALESCE(SUM((j.result->>'cost_usd')::numeric), 0)
+    FROM runs_journalentry j
+    WHERE j.run_id = runs_run.id AND j.kind = 'llm' AND j.phase = 'outcome' AND j.status = 'succeeded'
+"""
+
+
+@dataclass
+class RunListing:
+    status: str = ""
+    agent: str = ""
+    q: str = ""
+    after: tuple[datetime, uuid.UUID] | None = None
+    error: str = ""
+
+    @classmethod
+    def from_params(cls, params):
+        listing = cls(
+            status=params.get("status", "").strip(),
+            agent=params.get("agent", "").strip(),
+            q=params.get("q", "").strip()[:200],
+        )
+        problems = []
+        if listing.status and listing.status not in RunStatus.values:
+            problems.append(f"there is no status {listing.status!r}")
+            listing.status = ""
+        cursor = params.get("after", "")
+        if cursor:
+            try:
+                moment, run_id = cursor.rsplit("~", 1)
+                listing.after = (datetime.fromisoformat(moment), uuid.UUID(run_id))
+            except ValueError:
+                problems.append("the page link is not valid, so this is the first page")
+        listing.error = "; ".join(problems)
+        return listing
+
+    @property
+    def is_first_page(self):
+        return self.after is None
+
+    def filtered(self, with_status=True):
+        runs = Run.objects.all()
+        if with_status and self.status:
+            runs = runs.filter(status=self.status)
+        if self.agent:
+            runs = runs.filter(agent=self.agent)
+        if self.q:
+            runs = self._search(runs)
+        return runs
+
+    def _search(self, runs):
+        try:
+            return runs.filter(id=uuid.UUID(self.q))
+        except ValueError:
+            return runs.alias(input_text=Cast("input", output_field=TextField())).filter(
+                input_text__icontains=self.q
+            )
+
+    def page(self):
+        """The runs of this page (newest first) and the cursor of the next page, or None."""
+        runs = self.filtered()
+        if self.after:
+            runs = runs.alias(
+                before=RawSQL("(runs_run.created_at, runs_run.id) < (%s, %s)", self.after,
+                              output_field=BooleanField())
+            ).filter(before=True)
+        runs = list(with_figures(runs.order_by("-created_at", "-id"))[: PAGE_SIZE + 1])
+        next_cursor = None
+        if len(runs) > PAGE_SIZE:
+            runs = runs[:PAGE_SIZE]
+            last = runs[-1]
+            next_cursor = f"{last.created_at.isoformat()}~{last.id}"
+        return runs, next_cursor
+
+    def one(self, run_id):
+        """The run as a row of this page would show it, or None if the filters exclude it."""
+        return with_figures(self.filtered().filter(id=run_id)).first()
+
+    def counts(self):
+        """Runs per status under the other filters, every status listed."""
+        found = dict(self.filtered(with_status=False).values_list("status").annotate(n=Count("id")).order_by())
+        return [(status, label, found.get(status, 0)) for status, label in RunStatus.choices]
+
+    def querystring(self, **changes):
+        params = {"status": self.status, "agent": self.agent, "q": self.q}
+        params.update(changes)
+        return urlencode({key: value for key, value in params.items() if value})
+
+    @staticmethod
+    def agents():
+        return sorted(AGENTS)
+
+
+def with_figures(runs):
+    """Each run with its step count, tokens and cost, from its journal."""
+    return runs.annotate(
+        step_count=Subquery(
+            JournalEntry.objects.filter(run=OuterRef("pk")).order_by("-seq").values("seq")[:1],
+            output_field=IntegerField(),
+        ),
+        tokens=RawSQL(TOKENS_SQL, []),
+        cost_usd=RawSQL(COST_SQL, []),
+    )

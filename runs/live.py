@@ -1,0 +1,101 @@
+"""Live updates: after a commit, tell the live pages which runs changed.
+
+`changed(run_id)` is called by whatever commits a change to a run or its journal. After the
+commit, the run's id goes to a publisher thread, which sends a "run.changed" message to the
+Channels group of that run and to the group of the run list; the consumers (runs/consumers.py)
+then render what changed from the database and push it to the browser. The message carries only
+the id, so a page always shows what the database holds.
+
+The publisher is a thread with an event loop of its own, so a worker's step costs a queue put,
+not a round trip to Redis (and not a new event loop per message, which async_to_sync would
+make). It drains its queue in batches, sending one message per changed run.
+"""
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+
+from channels.layers import get_channel_layer
+from django.db import connection, transaction
+
+log = logging.getLogger(__name__)
+
+
+def _database():
+    return connection.settings_dict["NAME"]
+
+
+# Group names are per database, like the run queue: the tests never hear the dashboard's runs.
+
+
+def run_group(run_id, database=None):
+    return f"run.{database or _database()}.{run_id}"
+
+
+def list_group(database=None):
+    return f"runs.{database or _database()}"
+
+
+class Publisher(threading.Thread):
+    def __init__(self):
+        super().__init__(daemon=True, name="live-publisher")
+        self.queue = queue.Queue()
+
+    def run(self):
+        loop = asyncio.new_event_loop()
+        layer = get_channel_layer()
+        while True:
+            items = [self.queue.get()]
+            try:
+                while True:
+                    items.append(self.queue.get_nowait())
+            except queue.Empty:
+                pass
+            batch = set(items)  # one message per changed run, however many changes
+            try:
+                loop.run_until_complete(self._send(layer, batch))
+            except Exception:
+                log.exception("could not publish changes of runs %s", sorted(batch))
+            finally:
+                for _ in items:
+                    self.queue.task_done()
+
+    async def _send(self, layer, batch):
+        for database, run_id in batch:
+            message = {"type": "run.changed", "run_id": run_id}
+            await layer.group_send(run_group(run_id, database), message)
+            await layer.group_send(list_group(database), message)
+
+
+_publisher = None
+_publisher_pid = None
+_lock = threading.Lock()
+
+
+def _get_publisher():
+    global _publisher, _publisher_pid
+    with _lock:
+        # A forked work horse inherits the variable but not the thread: start its own.
+        if _publisher is None or _publisher_pid != os.getpid():
+            _publisher = Publisher()
+            _publisher_pid = os.getpid()
+            _publisher.start()
+        return _publisher
+
+
+def changed(run_id):
+    """After the current transaction commits, tell the live pages that the run changed."""
+    item = (_database(), str(run_id))
+    transaction.on_commit(lambda: _get_publisher().queue.put(item))
+
+
+def flush(timeout=2.0):
+    """Wait (a little) until every change of this process is published; for a job's end."""
+    publisher = _publisher if _publisher_pid == os.getpid() else None
+    if publisher is None:
+        return
+    done = threading.Event()
+    threading.Thread(target=lambda: (publisher.queue.join(), done.set()), daemon=True).start()
+    done.wait(timeout)

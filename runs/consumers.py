@@ -75,6 +75,8 @@ class RunConsumer(LiveConsumer):
         self.accept()
         self.max_seq = None
         self.last_row_id = 0
+        first = QueryDict(self.scope["query_string"]).get("from", "")
+        self.first_seq = int(first) if first.isdigit() else None
         self.push()
 
     def run_changed(self, event):
@@ -87,7 +89,7 @@ class RunConsumer(LiveConsumer):
         resend those steps only.
         """
         run = Run.objects.get(id=self.run_id)
-        context = run_context(run, user=self.scope["user"])
+        context = run_context(run, user=self.scope["user"], first_seq=self.first_seq)
         steps = context["steps"]
         changed = {
             step.seq for step in steps if any(row.id > self.last_row_id for row in step.rows)

@@ -74,12 +74,14 @@ def kill_worker(process):
     return forked
 
 
-def use_scratch_database(name):
-    """Point this process at a new, migrated database `name`, dropped first if it exists.
+def use_scratch_database(name, keep=False):
+    """Point this process at a migrated database `name`: new (dropped first if it exists), or
+    with keep=True, the one left by an earlier call.
 
     The chaos and benchmark commands work there, never in the dashboard's database.
     """
-    with connection._nodb_cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    if not keep:
+        with connection._nodb_cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     connection.settings_dict["TEST"]["NAME"] = name
-    connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+    connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False, keepdb=keep)

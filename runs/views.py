@@ -4,6 +4,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models import Max
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -37,14 +38,31 @@ def run_list(request: HttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
-def run_context(run: Run, *, user):
-    rows = list(JournalEntry.objects.filter(run=run).order_by("seq", "attempt", "id"))
+STEP_WINDOW = 250
+
+
+def run_context(run: Run, *, user, first_seq=None):
+    """What the run page shows. Its steps come in windows of STEP_WINDOW, the latest first, so
+    a run of thousands of steps opens as fast as a short one."""
+    journal = JournalEntry.objects.filter(run=run)
+    step_count = journal.aggregate(last=Max("seq"))["last"] or 0
+    if first_seq is None or first_seq < 1:
+        first_seq = max(1, step_count - STEP_WINDOW + 1)
+    last_seq = first_seq + STEP_WINDOW - 1
+    rows = list(journal.filter(seq__gte=first_seq, seq__lte=last_seq).order_by("seq", "attempt", "id"))
     steps = build_steps(run, rows)
     in_doubt = next((step for step in steps if step.status == "in_doubt"), None)
     return {
         "run": run,
         "steps": steps,
-        "last_row_id": rows[-1].id if rows else 0,
+        "step_count": step_count,
+        "window": {
+            "first": first_seq,
+            "last": min(last_seq, step_count),
+            "earlier": max(1, first_seq - STEP_WINDOW) if first_seq > 1 else None,
+            "later": last_seq + 1 if last_seq < step_count else None,
+        },
+        "last_row_id": max((row.id for row in rows), default=0),
         "waterfall": waterfall(run, steps, timezone.now()),
         "events": list(run.events.all()),
         "children": _children_tree(run),
@@ -70,7 +88,9 @@ def _children_tree(run, depth=0):
 @permission_required("runs.view_run", raise_exception=True)
 def run_detail(request: HttpRequest, run_id) -> HttpResponse:
     run = _get_run(run_id)
-    return render(request, "runs/detail.html", run_context(run, user=request.user))
+    first = request.GET.get("from", "")
+    context = run_context(run, user=request.user, first_seq=int(first) if first.isdigit() else None)
+    return render(request, "runs/detail.html", context)
 
 
 # Operator actions: each a POST with CSRF, permission-checked, audited, refused with a message

@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 
 # `make up` is the local path: DEBUG on unless the environment says otherwise.
 up: export DEBUG ?= 1
+screenshots: export DEBUG ?= 1
 # The suite runs as production does, DEBUG off, with a key of its own.
 test: export DEBUG ?= 0
 test: export SECRET_KEY ?= insecure-key-for-the-test-suite-only
@@ -30,6 +31,10 @@ up: services
 
 test: services
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# docs/screenshots/*.png, from the demo data, in a database of their own.
+screenshots: services
+	$(PY) manage.py screenshots
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache

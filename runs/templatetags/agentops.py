@@ -2,8 +2,8 @@ import json
 
 from django import template
 from django.utils.html import format_html
-from django.utils.timesince import timesince
-from django.utils.timezone import localtime
+from django.utils.timesince import timesince, timeuntil
+from django.utils.timezone import localtime, now
 
 from runs.roles import role_of
 
@@ -16,9 +16,14 @@ def when(moment):
     if moment is None:
         return "—"
     absolute = localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
-    return format_html(
-        '<time datetime="{}" title="{}">{} ago</time>', moment.isoformat(), absolute, timesince(moment)
-    )
+    seconds = (now() - moment).total_seconds()
+    if seconds < 0:
+        relative = f"in {timeuntil(moment)}"
+    elif seconds < 60:
+        relative = f"{int(seconds)} s ago"
+    else:
+        relative = f"{timesince(moment)} ago"
+    return format_html('<time datetime="{}" title="{}">{}</time>', moment.isoformat(), absolute, relative)
 
 
 @register.filter

@@ -1,0 +1,102 @@
+"""Screenshots of the runs page and a run page, from the demo data, for docs/screenshots/.
+
+    make screenshots
+
+Works in its own database (agentops_screens, made afresh): starts the demo runs, serves them
+with daphne, two workers and the sweeper, waits for the runs to get somewhere, and takes the
+pictures in Chromium as the demo operator.
+"""
+
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.core.management.base import BaseCommand, CommandError
+
+from runs.engine import start_run
+from runs.management.commands.seed_demo import DEMO_RUNS
+from runs.models import Run, RunStatus
+from runs.processes import kill_worker, project_env, start_manage, use_scratch_database
+from runs.roles import OPERATOR
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+]
+PASSWORD = "screenshots-only-password"
+
+
+class Command(BaseCommand):
+    help = "Take docs/screenshots/runs.png and run.png from the demo data."
+
+    def handle(self, *args, **options):
+        if not Path(CHROMIUM).exists():
+            raise CommandError(f"{CHROMIUM} is missing: apt-get install chromium")
+        from playwright.sync_api import sync_playwright
+
+        use_scratch_database("agentops_screens")
+        user = User.objects.create_user("operator", password=PASSWORD)
+        user.groups.set([Group.objects.get(name=OPERATOR)])
+        for key, agent, data in DEMO_RUNS:
+            start_run(agent, data, started_by="demo", idempotency_key=key)
+        batch = Run.objects.get(idempotency_key="demo-batch-1")
+
+        out = settings.BASE_DIR / "docs" / "screenshots"
+        out.mkdir(parents=True, exist_ok=True)
+        logs = Path(tempfile.mkdtemp(prefix="agentops-screens-"))
+        env = project_env(DEBUG="0", SWEEP_INTERVAL_SECONDS="1")
+        port = free_port()
+        processes = [
+            start_manage(["serve", "--port", str(port), "--workers", "2"], env, open(logs / "serve.log", "w")),
+        ]
+        try:
+            wait_for_port(port)
+            deadline = time.monotonic() + 60
+            while Run.objects.get(id=batch.id).status != RunStatus.SUCCEEDED:
+                if time.monotonic() > deadline:
+                    raise CommandError(f"the demo runs did not finish; see {logs}")
+                time.sleep(0.5)
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                base = f"http://127.0.0.1:{port}"
+                page.goto(f"{base}/login/")
+                page.get_by_label("Username").fill("operator")
+                page.get_by_label("Password").fill(PASSWORD)
+                page.get_by_role("button", name="Log in").click()
+                page.wait_for_selector("#run-rows")
+                page.screenshot(path=out / "runs.png", full_page=True)
+                page.goto(f"{base}/runs/{batch.id}/")
+                page.wait_for_selector("#steps li")
+                page.locator("#step-3 summary").click()
+                page.screenshot(path=out / "run.png", full_page=True)
+                browser.close()
+        finally:
+            for process in processes:
+                process.send_signal(2)  # Ctrl-C: serve stops what it started
+                try:
+                    process.wait(timeout=20)
+                except Exception:
+                    kill_worker(process)
+        self.stdout.write(f"screenshots: {out / 'runs.png'} {out / 'run.png'}")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise CommandError(f"the web server did not answer on port {port}")

@@ -22,6 +22,8 @@ from django.db import connection, transaction
 
 log = logging.getLogger(__name__)
 
+BATCH_SECONDS = 0.05
+
 
 def _database():
     return connection.settings_dict["NAME"]
@@ -42,12 +44,16 @@ class Publisher(threading.Thread):
     def __init__(self):
         super().__init__(daemon=True, name="live-publisher")
         self.queue = queue.Queue()
+        self.hurry = threading.Event()
 
     def run(self):
         loop = asyncio.new_event_loop()
         layer = get_channel_layer()
         while True:
             items = [self.queue.get()]
+            # Gather what else changes in the next moment: a run taking steps quickly sends
+            # one message per batch, not one per step, and the steps do not wait for Redis.
+            self.hurry.wait(BATCH_SECONDS)
             try:
                 while True:
                     items.append(self.queue.get_nowait())
@@ -56,8 +62,6 @@ class Publisher(threading.Thread):
             batch = set(items)  # one message per changed run, however many changes
             try:
                 loop.run_until_complete(self._send(layer, batch))
-            except Exception:
-                log.exception("could not publish changes of runs %s", sorted(batch))
             finally:
                 for _ in items:
                     self.queue.task_done()
@@ -65,8 +69,11 @@ class Publisher(threading.Thread):
     async def _send(self, layer, batch):
         for database, run_id in batch:
             message = {"type": "run.changed", "run_id": run_id}
-            await layer.group_send(run_group(run_id, database), message)
-            await layer.group_send(list_group(database), message)
+            for group in (run_group(run_id, database), list_group(database)):
+                try:
+                    await layer.group_send(group, message)
+                except Exception:
+                    log.exception("could not tell %s that run %s changed", group, run_id)
 
 
 _publisher = None
@@ -96,6 +103,8 @@ def flush(timeout=2.0):
     publisher = _publisher if _publisher_pid == os.getpid() else None
     if publisher is None:
         return
+    publisher.hurry.set()  # no batching while we wait
     done = threading.Event()
     threading.Thread(target=lambda: (publisher.queue.join(), done.set()), daemon=True).start()
     done.wait(timeout)
+    publisher.hurry.clear()

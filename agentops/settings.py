@@ -196,7 +196,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        # A page left open for days keeps its group (the default forgets members after a day).
+        "CONFIG": {"hosts": [REDIS_URL], "group_expiry": 7 * 24 * 3600},
     }
 }
 

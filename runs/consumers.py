@@ -1,12 +1,17 @@
 """Websocket consumers of the live pages. They only push: every change goes through a POST view.
 
 On connect a consumer checks that the user may see runs, joins its group, and sends the current
-state, so a reconnect catches up. When runs.live says a run changed, it renders the changed
-parts from the database with the page's own partials and sends them; htmx swaps them in by id.
+state, so a reconnect catches up. When runs.live says a run changed, it checks again that the
+session still holds, renders the changed parts from the database with the page's own partials,
+and sends them; htmx swaps them in by id.
 """
+
+import time
 
 from asgiref.sync import async_to_sync
 from channels.generic.websocket import WebsocketConsumer
+from django.contrib.auth import get_user_model
+from django.contrib.sessions.backends.db import SessionStore
 from django.http import QueryDict
 from django.template.loader import render_to_string
 
@@ -15,11 +20,31 @@ from runs.listing import RunListing
 from runs.models import Run
 from runs.views import run_context
 
+# A session ended or a role removed closes the socket within this many seconds.
+ACCESS_RECHECK_SECONDS = 5
+CLOSED_NO_ACCESS = 4403
+CLOSED_GONE = 4404
+
 
 class LiveConsumer(WebsocketConsumer):
     def may_connect(self):
         user = self.scope.get("user")
+        self.access_checked_at = time.monotonic()
         return user is not None and user.is_authenticated and user.has_perm("runs.view_run")
+
+    def still_allowed(self):
+        """Look again, at most every few seconds: the session may have ended, the role gone."""
+        if time.monotonic() - self.access_checked_at < ACCESS_RECHECK_SECONDS:
+            return True
+        self.access_checked_at = time.monotonic()
+        session_key = self.scope["session"].session_key
+        if not session_key or not SessionStore().exists(session_key):
+            return False
+        user = get_user_model().objects.filter(id=self.scope["user"].id, is_active=True).first()
+        if user is None or not user.has_perm("runs.view_run"):
+            return False
+        self.scope["user"] = user
+        return True
 
     def join(self, group):
         self.group = group
@@ -32,6 +57,12 @@ class LiveConsumer(WebsocketConsumer):
     def render(self, template, context):
         return render_to_string(template, {**context, "user": self.scope["user"], "live": True})
 
+    def run_changed(self, event):
+        if not self.still_allowed():
+            self.close(code=CLOSED_NO_ACCESS)
+            return
+        self.changed(event["run_id"])
+
 
 class RunListConsumer(LiveConsumer):
     def connect(self):
@@ -43,19 +74,21 @@ class RunListConsumer(LiveConsumer):
         self.accept()
         self.send_table()
 
-    def run_changed(self, event):
-        run = self.listing.one(event["run_id"])
-        if run is not None and run.id not in self.shown and self.listing.is_first_page:
-            self.send_table()  # a new run at the top of the page
+    def changed(self, run_id):
+        run = self.listing.one(run_id)
+        shown = run_id in self.shown
+        if (run is None and shown) or (run is not None and not shown and self.listing.is_first_page):
+            # A shown run that left the filters, or a new run at the top: the table again.
+            self.send_table()
             return
         self.send(text_data=self.render("runs/list.html#counts", {"listing": self.listing, "counts": self.listing.counts()}))
-        if run is not None and run.id in self.shown:
+        if shown:
             # Its own message: a table row parses only where a table row may stand.
             self.send(text_data=self.render("runs/list.html#row", {"run": run}))
 
     def send_table(self):
         runs, next_cursor = self.listing.page()
-        self.shown = {run.id for run in runs}
+        self.shown = {str(run.id) for run in runs}
         self.send(text_data=self.render("runs/list.html#table", {
             "listing": self.listing, "runs": runs, "next_cursor": next_cursor,
             "counts": self.listing.counts(),
@@ -69,40 +102,41 @@ class RunConsumer(LiveConsumer):
             return
         self.run_id = self.scope["url_route"]["kwargs"]["run_id"]
         if not Run.objects.filter(id=self.run_id).exists():
-            self.close()
+            self.close(code=CLOSED_GONE)
             return
         self.join(live.run_group(self.run_id))
         self.accept()
-        self.max_seq = None
-        self.last_row_id = 0
         first = QueryDict(self.scope["query_string"]).get("from", "")
         self.first_seq = int(first) if first.isdigit() else None
-        self.push()
+        self.shown_steps = None  # seq -> what the page shows of it
+        self.shown_controls = None
+        self.changed(self.run_id)
 
-    def run_changed(self, event):
-        self.push()
+    def changed(self, run_id):
+        """Send what differs from what the page shows.
 
-    def push(self):
-        """What changed since the last push: the run's sections, and its new or changed steps.
-
-        New steps resend the whole list (htmx swaps it by id); changes to steps already shown
-        resend those steps only.
+        The sections are sent every time, but the controls and the in-doubt panel only when
+        they change, so a reason being typed is not wiped. New steps resend the whole list
+        (htmx swaps it by id); a step whose shown state changed (a new row, or a status derived
+        from the run's, such as "in doubt") is resent alone.
         """
-        run = Run.objects.get(id=self.run_id)
+        run = Run.objects.filter(id=self.run_id).first()
+        if run is None:
+            self.close(code=CLOSED_GONE)
+            return
         context = run_context(run, user=self.scope["user"], first_seq=self.first_seq)
-        steps = context["steps"]
-        changed = {
-            step.seq for step in steps if any(row.id > self.last_row_id for row in step.rows)
-        }
+        steps = {step.seq: (step.status, step.attempts, len(step.rows)) for step in context["steps"]}
+        controls = (context["can"], getattr(context["in_doubt"], "seq", None))
         parts = [self.render("runs/detail.html#live", context)]
-        newest = steps[-1].seq if steps else 0
-        if self.max_seq is None or newest > self.max_seq:
+        if controls != self.shown_controls:
+            parts.append(self.render("runs/detail.html#controls", context))
+            parts.append(self.render("runs/detail.html#in_doubt", context))
+        if self.shown_steps is None or set(steps) - set(self.shown_steps):
             parts.append(self.render("runs/detail.html#step_list", context))
         else:
             parts += [
                 self.render("runs/detail.html#step", {**context, "step": step})
-                for step in steps if step.seq in changed
+                for step in context["steps"] if steps[step.seq] != self.shown_steps.get(step.seq)
             ]
-        self.max_seq = newest
-        self.last_row_id = context["last_row_id"]
+        self.shown_steps, self.shown_controls = steps, controls
         self.send(text_data="\n".join(parts))

@@ -388,6 +388,8 @@ def resolve_step(run_id, seq, decision, *, actor, result=None, reason=""):
         raise ValueError(f"decision must be one of {', '.join(Decision.ALL)}, not {decision!r}")
     if decision == Decision.FAIL and not reason.strip():
         raise ValueError("failing a step needs a reason: the agent receives it as the tool's error")
+    if decision == Decision.RUN_AGAIN and not reason.strip():
+        raise ValueError("running a step again needs a reason: say how you know it did not happen")
     with transaction.atomic():
         run = Run.objects.select_for_update().get(id=run_id)
         if run.status != S.NEEDS_ATTENTION:

@@ -81,6 +81,15 @@ _publisher_pid = None
 _lock = threading.Lock()
 
 
+def _after_fork_in_child():
+    # A lock held by another thread at fork time would stay held forever in the child.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _get_publisher():
     global _publisher, _publisher_pid
     with _lock:

@@ -4,7 +4,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Count, Max, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -50,12 +50,16 @@ def run_context(run: Run, *, user, first_seq=None):
         first_seq = max(1, step_count - STEP_WINDOW + 1)
     last_seq = first_seq + STEP_WINDOW - 1
     rows = list(journal.filter(seq__gte=first_seq, seq__lte=last_seq).order_by("seq", "attempt", "id"))
+    attempts = journal.filter(phase=JournalEntry.Phase.INTENT).aggregate(
+        total=Count("id"), retried=Count("id", filter=Q(attempt__gt=1))
+    )
     steps = build_steps(run, rows)
     in_doubt = next((step for step in steps if step.status == "in_doubt"), None)
     return {
         "run": run,
         "steps": steps,
         "step_count": step_count,
+        "attempts": attempts,
         "window": {
             "first": first_seq,
             "last": min(last_seq, step_count),
@@ -76,13 +80,24 @@ def run_context(run: Run, *, user, first_seq=None):
     }
 
 
-def _children_tree(run, depth=0):
-    if depth > 5:
-        return []
-    return [
-        {"run": child, "children": _children_tree(child, depth + 1)}
-        for child in Run.objects.filter(parent=run).order_by("created_at")
-    ]
+CHILD_TREE_DEPTH = 6
+
+
+def _children_tree(run):
+    """The run's descendants as a tree: one query per level, CHILD_TREE_DEPTH levels at most."""
+    roots, level, nodes = [], [run.id], {}
+    for depth in range(CHILD_TREE_DEPTH):
+        children = list(Run.objects.filter(parent_id__in=level).order_by("created_at"))
+        if not children:
+            break
+        for child in children:
+            node = nodes[child.id] = {"run": child, "children": [], "cut": False}
+            (roots if child.parent_id == run.id else nodes[child.parent_id]["children"]).append(node)
+        level = [child.id for child in children]
+    else:
+        for child_id in level:
+            nodes[child_id]["cut"] = Run.objects.filter(parent_id=child_id).exists()
+    return roots
 
 
 @permission_required("runs.view_run", raise_exception=True)

@@ -101,3 +101,12 @@ def test_a_user_without_a_role_is_told_to_ask_for_one(client, outsider):
 
     assert response.status_code == 403
     assert b"Ask an admin" in response.content
+
+
+@pytest.mark.parametrize("path", ["/runs/00000000-0000-0000-0000-000000000001/pause/",
+                                  "/runs/00000000-0000-0000-0000-000000000001/steps/1/resolve/"])
+def test_an_operator_action_without_csrf_is_refused(db, operator, path):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(operator)
+
+    assert client.post(path, {"reason": "x", "decision": "fail"}).status_code == 403

@@ -5,7 +5,7 @@ import re
 from playwright.sync_api import expect
 
 from runs.engine import advance_run, start_run
-from runs.models import AuditEntry, RunEvent
+from runs.models import AuditEntry, Run, RunEvent
 from tests.conftest import kill_worker, log_in, wait_for
 from tools.models import LedgerCall
 
@@ -31,6 +31,7 @@ def test_steps_stream_in_and_a_second_tab_sees_the_status_change(workers, operat
     run = start_run("t_sleeper", {"seconds": 1, "steps": 2}, started_by="user:otto")
 
     open_run(page, live_server_url, run)
+    assert page.locator("#step-4").count() == 0  # not there yet: it arrives over the websocket
     expect(page.locator("#step-4")).to_contain_text("succeeded", timeout=20_000)
     expect(page.locator("#run-header .status")).to_have_text("succeeded")
     expect(page.locator("#step-1")).to_contain_text("t_read")
@@ -58,8 +59,10 @@ def test_pause_resume_and_cancel_are_recorded_with_the_operators_name(workers, o
     expect(page.locator("#run-header .status")).to_have_text("waiting", timeout=20_000)
     page.get_by_role("button", name="Pause").click()
     expect(page.locator("#run-header .status")).to_have_text("paused", timeout=10_000)
-    expect(page.locator("#run-events")).to_contain_text("user:otto")
+    events = page.locator("#run-events tbody tr")
+    expect(events.filter(has_text="→ paused").filter(has_text="user:otto")).to_have_count(1)
     page.get_by_role("button", name="Resume").click()
+    expect(events.filter(has_text="paused → queued").filter(has_text="user:otto")).to_have_count(1)
     expect(page.locator("#run-header .status")).to_have_text("succeeded", timeout=30_000)
 
     open_run(page, live_server_url, other)
@@ -67,7 +70,8 @@ def test_pause_resume_and_cancel_are_recorded_with_the_operators_name(workers, o
     page.get_by_label("Reason for cancelling").fill("the customer called back")
     page.get_by_role("button", name="Cancel run").click()
     expect(page.locator("#run-header .status")).to_have_text("cancelled", timeout=10_000)
-    expect(page.locator("#run-events")).to_contain_text("the customer called back")
+    cancelled = page.locator("#run-events tbody tr").filter(has_text="→ cancelled")
+    expect(cancelled.filter(has_text="user:otto").filter(has_text="the customer called back")).to_have_count(1)
 
     events = RunEvent.objects.filter(actor="user:otto").values_list("run_id", "to_status")
     assert (sleeper.id, "paused") in events and (sleeper.id, "queued") in events
@@ -84,10 +88,14 @@ def test_a_step_in_doubt_after_a_kill_is_resolved_from_the_page(workers, operato
     run = start_run("w_plain_blocker", {"value": 3, "release": str(release)}, started_by="user:otto")
     wait_for(lambda: LedgerCall.objects.filter(key=f"{run.id}:2").exists(), what="the blocking write")
 
+    open_run(page, live_server_url, run)
+    expect(page.locator("#step-2 .step-status")).to_have_text("running")
     kill_worker(first)
     workers.start()
-    open_run(page, live_server_url, run)
     expect(page.get_by_role("heading", name="Step 2 needs your decision")).to_be_visible(timeout=20_000)
+    # No new journal row, but its shown status follows the run's: pushed, not reloaded.
+    expect(page.locator("#step-2 .step-status")).to_have_text("in doubt")
+    assert still_the_same_page(page)
     expect(page.locator("#run-in-doubt")).to_contain_text('"release"')  # the arguments are in view
     page.get_by_label("It happened; its result (JSON)").fill('{"sent": true, "checked": "mail log"}')
     page.get_by_role("button", name="It happened").click()
@@ -98,7 +106,7 @@ def test_a_step_in_doubt_after_a_kill_is_resolved_from_the_page(workers, operato
     assert AuditEntry.objects.get(action="resolve_happened").username == "otto"
 
 
-def test_a_viewer_sees_no_buttons(transactional_db, viewer, page, live_server_url):
+def test_a_viewer_sees_no_buttons_and_a_forged_post_is_refused(transactional_db, viewer, page, live_server_url):
     run = start_run("t_sleeper", {"seconds": 3600}, started_by="test")
     advance_run(run.id)
 
@@ -108,15 +116,28 @@ def test_a_viewer_sees_no_buttons(transactional_db, viewer, page, live_server_ur
     expect(page.locator("#run-header .status")).to_have_text("waiting")
     expect(page.get_by_role("button")).to_have_count(1)  # only "Log out"
     expect(page.get_by_role("button", name="Log out")).to_be_visible()
+    # The form the viewer was not given, posted from the page with a valid CSRF token.
+    status = page.evaluate(
+        """async url => {
+            const token = JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"];
+            const body = new URLSearchParams({csrfmiddlewaretoken: token, reason: "forged"});
+            return (await fetch(url, {method: "POST", body})).status;
+        }""",
+        f"{live_server_url}/runs/{run.id}/cancel/",
+    )
+    assert status == 403
+    assert Run.objects.get(id=run.id).status == "waiting"
 
 
 def test_agent_output_is_shown_as_text_never_run(transactional_db, operator, page, live_server_url):
     attack = '<img src=x onerror="window.__attacked = 1"><script>window.__attacked = 2</script>'
     run = start_run("t_echo_agent", {"text": attack}, started_by="test")
-    advance_run(run.id)
 
     log_in(page, live_server_url, "otto")
     page.goto(f"{live_server_url}/runs/{run.id}/")
+    expect(page.locator("#run-header .status")).to_have_text("queued")
+    advance_run(run.id)  # the step and the output arrive over the websocket
+    expect(page.locator("#run-header .status")).to_have_text("succeeded")
     page.locator("#step-1 summary").click()
 
     expect(page.locator("#step-1")).to_contain_text('<img src=x onerror=')

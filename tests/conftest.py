@@ -6,7 +6,6 @@ processes started from the project's own commands, the browser is Debian's Chrom
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,22 +16,13 @@ from django.conf import settings
 from django.contrib.auth.models import Group, User
 
 import tests.agents  # noqa: F401  (registers the test agents and tools)
-from runs.processes import (  # noqa: F401  (kill_worker and children are for the tests)
-    children, kill_worker, project_env, signal_quietly, start_manage,
+from runs.processes import (  # noqa: F401  (some are imported by the tests from here)
+    CHROMIUM, CHROMIUM_FLAGS, children, free_port, kill_worker, project_env, signal_quietly,
+    start_manage, wait_for_port,
 )
 from runs.roles import ADMIN, OPERATOR, VIEWER
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 PASSWORD = "a-long-test-password"
 
 # Playwright's sync API keeps an event loop in the test's thread; Django would then refuse the
@@ -68,29 +58,10 @@ def outsider(db):
     return make_user("oscar")
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def subprocess_env(**extra):
     """The environment for a project process that must use the test database."""
     agent_modules = ",".join([*settings.AGENT_MODULES, "tests.agents"])
     return project_env(DEBUG="0", AGENT_MODULES=agent_modules, **extra)
-
-
-def wait_for_port(port, process, seconds=30):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with status {process.returncode} before answering")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"server did not answer on port {port} within {seconds}s")
 
 
 @pytest.fixture(scope="session")

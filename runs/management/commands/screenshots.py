@@ -7,7 +7,6 @@ with daphne, two workers and the sweeper, waits for the runs to get somewhere, a
 pictures in Chromium as the demo operator.
 """
 
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -19,14 +18,12 @@ from django.core.management.base import BaseCommand, CommandError
 from runs.engine import start_run
 from runs.management.commands.seed_demo import DEMO_RUNS
 from runs.models import Run, RunStatus
-from runs.processes import kill_worker, project_env, start_manage, use_scratch_database
+from runs.processes import (
+    CHROMIUM, CHROMIUM_FLAGS, free_port, kill_worker, project_env, start_manage,
+    use_scratch_database, wait_for_port,
+)
 from runs.roles import OPERATOR
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
-]
 PASSWORD = "screenshots-only-password"
 
 
@@ -84,19 +81,3 @@ class Command(BaseCommand):
                     kill_worker(process)
         self.stdout.write(f"screenshots: {out / 'runs.png'} {out / 'run.png'}")
 
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_port(port, seconds=30):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise CommandError(f"the web server did not answer on port {port}")

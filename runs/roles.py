@@ -11,7 +11,7 @@ VIEWER = "viewer"
 OPERATOR = "operator"
 ADMIN = "admin"
 
-_VIEW = ["runs.view_run"]
+_VIEW = ["runs.view_run", "tools.view_tool", "tools.view_toolpermission"]
 _ACT_ON_RUNS = [
     "runs.pause_run",
     "runs.resume_run",
@@ -28,11 +28,18 @@ _MANAGE_USERS = [
     "auth.view_group",
 ]
 
+_MANAGE_TOOLS = [
+    "tools.change_tool",
+    "tools.add_toolpermission",
+    "tools.change_toolpermission",
+    "tools.delete_toolpermission",
+    "tools.freeze_writes",
+]
+
 ROLE_PERMISSIONS = {
     VIEWER: _VIEW,
     OPERATOR: _VIEW + _ACT_ON_RUNS,
-    # Tool permissions and the freeze join this list with their models (issue 5).
-    ADMIN: _VIEW + _ACT_ON_RUNS + _MANAGE_USERS,
+    ADMIN: _VIEW + _ACT_ON_RUNS + _MANAGE_USERS + _MANAGE_TOOLS,
 }
 
 

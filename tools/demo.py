@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from runs.agents import agent
 from tools.models import Refund, SentEmail
-from tools.registry import tool
+from tools.registry import Compensation, tool
 
 ORDERS = {
     "A-1001": {"id": "A-1001", "email": "ann@example.com", "total_cents": 4200, "item": "kettle"},
@@ -35,7 +35,22 @@ class RefundArgs(BaseModel):
     amount_cents: int = Field(gt=0)
 
 
+class ReverseRefundArgs(BaseModel):
+    refund_id: int
+
+
 @tool(effect="write", idempotent=True)
+def reverse_refund(args: ReverseRefundArgs, *, idempotency_key: str) -> dict:
+    """Take a refund back (the compensation of issue_refund)."""
+    deleted, _ = Refund.objects.filter(id=args.refund_id).delete()
+    return {"reversed": bool(deleted)}
+
+
+@tool(
+    effect="write",
+    idempotent=True,
+    compensation=Compensation("reverse_refund", lambda args, result: {"refund_id": result["refund_id"]}),
+)
 def issue_refund(args: RefundArgs, *, idempotency_key: str) -> dict:
     """Refund an order through the payment provider, which dedupes on the idempotency key."""
     refund, _ = Refund.objects.get_or_create(

@@ -4,6 +4,8 @@ These tables stand for other people's systems (a mail service, a payment provide
 Each tool writes them in its own transaction, as a remote call would, never inside ours.
 """
 
+from typing import NamedTuple
+
 from django.db import models
 
 
@@ -61,3 +63,135 @@ class LedgerCall(models.Model):
                 condition=models.Q(executed=True, tool__in=["chaos_deposit"]),
             ),
         ]
+
+
+# The registry as the database knows it, and who may call what -------------------------------
+
+
+class Effect(models.TextChoices):
+    READ = "read", "read"
+    WRITE = "write", "write"
+    DELETE = "delete", "delete"
+
+
+class Tool(models.Model):
+    """A registered tool, kept in step with the code (tools.sync) so admins can manage it."""
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True, default="")
+    effect = models.CharField(max_length=8, choices=Effect.choices)
+    idempotent = models.BooleanField(default=False)
+    open_world = models.BooleanField(default=True)
+    # What would undo it: "TOOL" of its compensation, or empty when it is irreversible.
+    compensation = models.CharField(max_length=200, blank=True, default="")
+    sensitive_fields = models.JSONField(default=list, blank=True)
+    input_schema = models.JSONField(default=dict, blank=True)
+    timeout_seconds = models.FloatField(null=True, blank=True)
+    # Disabled tools fail every call with a contract error.
+    enabled = models.BooleanField(default=True)
+    # False when the code no longer registers it (kept: runs and rules may name it).
+    registered = models.BooleanField(default=True)
+    approval_expiry_seconds = models.PositiveIntegerField(default=3600)
+    synced_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("freeze_writes", "Can freeze and unfreeze writes")]
+        constraints = [
+            models.CheckConstraint(name="tool_effect_valid", condition=models.Q(effect__in=Effect.values)),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def reversible(self):
+        return bool(self.compensation)
+
+    @property
+    def annotations(self):
+        """The MCP tool annotations, derived from the effect and the flags."""
+        return {
+            "readOnlyHint": self.effect == Effect.READ,
+            "destructiveHint": self.effect == Effect.DELETE,
+            "idempotentHint": self.idempotent,
+            "openWorldHint": self.open_world,
+        }
+
+    def default_rule(self):
+        """The rule when no permission names this tool: reads and reversible writes are
+        allowed; deletes and irreversible writes wait for a person."""
+        if self.effect == Effect.READ:
+            return Rule.ALLOW
+        if self.effect == Effect.WRITE and self.reversible:
+            return Rule.ALLOW
+        return Rule.REQUIRE_APPROVAL
+
+
+class Rule(models.TextChoices):
+    ALLOW = "allow", "allow"
+    REQUIRE_APPROVAL = "require_approval", "require approval"
+    DENY = "deny", "deny"
+
+
+# Strictest first: where several rules apply at the same level, the strictest wins.
+STRICTNESS = [Rule.DENY, Rule.REQUIRE_APPROVAL, Rule.ALLOW]
+
+
+class ToolPermissionQuerySet(models.QuerySet):
+    def decide(self, tool, agent):
+        """The rule for `tool` (a Tool) called by `agent`, its cap on calls per run, and why.
+
+        An agent's own rules beat the global ones (agent empty); among the rules of the level
+        that decides, deny beats require approval beats allow, and the smallest cap holds. With
+        no rule at all, the tool's default by effect applies.
+        """
+        return self.decide_from(tool, list(self.filter(tool=tool, agent__in=["", agent])), agent)
+
+    def decide_from(self, tool, rules, agent):
+        """decide, over rules already loaded (the tools page loads them all at once)."""
+        rules = [r for r in rules if r.agent in ("", agent)]
+        level = [r for r in rules if r.agent == agent] or [r for r in rules if r.agent == ""]
+        if not level:
+            return Decision(tool.default_rule(), None, f"default for a {'reversible ' if tool.reversible else ''}{tool.effect}")
+        rule = min((r.rule for r in level), key=STRICTNESS.index)
+        caps = [r.max_calls_per_run for r in level if r.max_calls_per_run is not None]
+        source = f"rule for agent {agent!r}" if level[0].agent else "global rule"
+        return Decision(rule, min(caps) if caps else None, source)
+
+
+class Decision(NamedTuple):
+    rule: str
+    cap: int | None
+    source: str
+
+
+class ToolPermission(models.Model):
+    """Allow, require approval or deny a tool, for every agent or for one."""
+
+    tool = models.ForeignKey(Tool, on_delete=models.CASCADE, related_name="permissions")
+    # Empty: every agent.
+    agent = models.CharField(max_length=200, blank=True, default="")
+    rule = models.CharField(max_length=20, choices=Rule.choices)
+    max_calls_per_run = models.PositiveIntegerField(null=True, blank=True)
+    note = models.CharField(max_length=500, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ToolPermissionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["tool__name", "agent"]
+        constraints = [
+            models.CheckConstraint(name="tool_permission_rule_valid", condition=models.Q(rule__in=Rule.values)),
+        ]
+        indexes = [
+            # The guardrail's look-up: the rules of one tool for one agent and for all.
+            models.Index(name="tool_permission_lookup_idx", fields=["tool", "agent"]),
+        ]
+
+    def __str__(self):
+        return f"{self.tool.name}: {self.get_rule_display()} for {self.agent or 'every agent'}"
+
+    def as_dict(self):
+        return {"tool": self.tool.name, "agent": self.agent, "rule": self.rule,
+                "max_calls_per_run": self.max_calls_per_run, "note": self.note}

@@ -38,6 +38,10 @@ class Command(BaseCommand):
                     f"port {port} on {host} is in use: stop what holds it, or pass --port"
                 ) from None
 
+        # The tools' rows follow the code from the moment the project starts.
+        from tools.sync import sync_tools
+
+        sync_tools()
         python = sys.executable
         manage = [python, str(settings.BASE_DIR / "manage.py")]
         commands = {

@@ -1,0 +1,152 @@
+"""Tools in the database, their permissions and the precedence of rules."""
+
+import pytest
+
+from runs.models import AuditEntry
+from pydantic import BaseModel
+
+from tools.models import Rule, Tool, ToolPermission
+from tools.registry import Compensation, tool
+from tools.sync import sync_tools
+
+pytestmark = pytest.mark.django_db
+
+ALLOW, APPROVE, DENY = Rule.ALLOW, Rule.REQUIRE_APPROVAL, Rule.DENY
+
+
+def make_tool(name="t", effect="write", compensation=""):
+    return Tool.objects.create(name=name, effect=effect, compensation=compensation)
+
+
+@pytest.mark.parametrize(
+    ("effect", "compensation", "rules", "agent", "expected"),
+    [
+        # No rule: the default by effect.
+        ("read", "", [], "a", (ALLOW, None, "default for a read")),
+        ("write", "undo", [], "a", (ALLOW, None, "default for a reversible write")),
+        ("write", "", [], "a", (APPROVE, None, "default for a write")),
+        ("delete", "", [], "a", (APPROVE, None, "default for a delete")),
+        # Global rules replace the default.
+        ("delete", "", [("", ALLOW, None)], "a", (ALLOW, None, "global rule")),
+        ("read", "", [("", DENY, None)], "a", (DENY, None, "global rule")),
+        # Among rules of one level, deny beats require approval beats allow.
+        ("write", "", [("", ALLOW, None), ("", APPROVE, None)], "a", (APPROVE, None, "global rule")),
+        ("write", "", [("", ALLOW, None), ("", DENY, None), ("", APPROVE, None)], "a", (DENY, None, "global rule")),
+        # An agent's own rule beats the global one, whichever is stricter.
+        ("write", "", [("", DENY, None), ("a", ALLOW, None)], "a", (ALLOW, None, "rule for agent 'a'")),
+        ("write", "", [("", ALLOW, None), ("a", DENY, None)], "a", (DENY, None, "rule for agent 'a'")),
+        # Another agent's rule does not apply.
+        ("write", "", [("", ALLOW, None), ("b", DENY, None)], "a", (ALLOW, None, "global rule")),
+        # The smallest cap of the deciding level holds.
+        ("read", "", [("", ALLOW, 10), ("", ALLOW, 3)], "a", (ALLOW, 3, "global rule")),
+        ("read", "", [("", ALLOW, 3), ("a", ALLOW, 50)], "a", (ALLOW, 50, "rule for agent 'a'")),
+    ],
+)
+def test_the_precedence_of_rules(effect, compensation, rules, agent, expected):
+    target = make_tool(effect=effect, compensation=compensation)
+    for rule_agent, rule, cap in rules:
+        ToolPermission.objects.create(tool=target, agent=rule_agent, rule=rule, max_calls_per_run=cap)
+
+    assert tuple(ToolPermission.objects.decide(target, agent)) == expected
+
+
+def test_every_registered_tool_has_a_row_with_its_annotations():
+    sync_tools()
+
+    refund = Tool.objects.get(name="issue_refund")
+    assert (refund.effect, refund.idempotent, refund.compensation) == ("write", True, "reverse_refund")
+    assert refund.annotations == {
+        "readOnlyHint": False, "destructiveHint": False, "idempotentHint": True, "openWorldHint": True,
+    }
+    assert Tool.objects.get(name="lookup_order").annotations["readOnlyHint"] is True
+    assert refund.input_schema["required"] == ["order_id", "amount_cents"]
+
+
+def test_a_tool_gone_from_the_code_is_kept_and_marked():
+    Tool.objects.create(name="retired_tool", effect="delete")
+
+    sync_tools()
+
+    assert Tool.objects.get(name="retired_tool").registered is False
+    assert Tool.objects.get(name="send_email").registered is True
+
+
+class Secret(BaseModel):
+    card: str
+
+
+def charge_card(args: Secret) -> dict:
+    return {}
+
+
+def test_the_registry_refuses_what_it_cannot_honour():
+    with pytest.raises(ValueError, match=r"sensitive fields \['pin'\] are not in its input model"):
+        tool("bad_sensitive", effect="write", sensitive=["pin"])(charge_card)
+    with pytest.raises(ValueError, match="a read changes nothing, so it has no compensation"):
+        tool("bad_read", effect="read", compensation=Compensation("x", lambda a, r: {}))
+    with pytest.raises(ValueError, match="effect must be one of read, write, delete, not 'update'"):
+        tool("bad_effect", effect="update")
+
+
+def test_the_tools_page_shows_effects_annotations_and_rules(client, viewer):
+    sync_tools()
+    ToolPermission.objects.create(tool=Tool.objects.get(name="send_email"), agent="refund_customer", rule=ALLOW)
+    client.force_login(viewer)
+
+    page = client.get("/tools/").content.decode()
+
+    assert 'id="tool-send_email"' in page
+    assert "irreversible" in page
+    assert "refund_customer: <span class=\"rule rule-allow\">allow</span>" in page
+    assert "default for a write" in page
+    assert "<code class=\"on\">readOnlyHint</code>" in page
+
+
+def admin_client(client, admin_user):
+    client.force_login(admin_user)
+    return client
+
+
+def test_a_permission_change_in_the_admin_is_audited_with_old_and_new(client, admin_user):
+    sync_tools()
+    email = Tool.objects.get(name="send_email")
+    client = admin_client(client, admin_user)
+
+    response = client.post("/admin/tools/toolpermission/add/", {
+        "tool": email.id, "agent": "", "rule": "allow", "max_calls_per_run": "3", "note": "mail is cheap",
+    })
+    assert response.status_code == 302, response.content
+    permission = ToolPermission.objects.get()
+    client.post(f"/admin/tools/toolpermission/{permission.id}/change/", {
+        "tool": email.id, "agent": "", "rule": "deny", "max_calls_per_run": "", "note": "mail is off",
+    })
+    client.post(f"/admin/tools/toolpermission/{permission.id}/delete/", {"post": "yes"})
+
+    entries = list(AuditEntry.objects.order_by("id").values_list("username", "action", "details"))
+    assert [(user, action) for user, action, _ in entries] == [
+        ("ada", "add_permission"), ("ada", "change_permission"), ("ada", "delete_permission"),
+    ]
+    assert entries[1][2]["old"]["rule"] == "allow" and entries[1][2]["new"]["rule"] == "deny"
+    assert entries[2][2]["old"]["note"] == "mail is off" and entries[2][2]["new"] is None
+
+
+def test_bad_input_in_the_permission_form_names_the_field(client, admin_user):
+    sync_tools()
+    client = admin_client(client, admin_user)
+
+    response = client.post("/admin/tools/toolpermission/add/", {
+        "tool": Tool.objects.get(name="send_email").id, "agent": "", "rule": "sometimes", "max_calls_per_run": "-2",
+    })
+
+    page = response.content.decode()
+    assert "Select a valid choice. sometimes is not one of the available choices." in page
+    assert "Ensure this value is greater than or equal to 0." in page
+    assert not ToolPermission.objects.exists() and not AuditEntry.objects.exists()
+
+
+def test_an_operator_cannot_change_permissions(client, operator):
+    sync_tools()
+    client.force_login(operator)
+
+    assert client.get("/admin/tools/toolpermission/add/").status_code in (302, 403)
+    assert not ToolPermission.objects.exists()

@@ -1,0 +1,103 @@
+"""Tools and their permissions in the Django admin. Every change of a permission is audited
+with its old and new values."""
+
+from django.contrib import admin
+
+from runs.models import AuditEntry
+from tools.models import Tool, ToolPermission
+
+
+class ToolPermissionInline(admin.TabularInline):
+    model = ToolPermission
+    extra = 0
+    fields = ["agent", "rule", "max_calls_per_run", "note"]
+
+
+@admin.register(Tool)
+class ToolAdmin(admin.ModelAdmin):
+    list_display = ["name", "effect", "idempotent", "open_world", "reversible", "enabled", "registered", "rule_for_all"]
+    list_filter = ["effect", "enabled", "registered", "idempotent", "open_world"]
+    search_fields = ["name", "description"]
+    fields = ["name", "description", "effect", "idempotent", "open_world", "compensation",
+              "sensitive_fields", "timeout_seconds", "annotations", "input_schema", "registered",
+              "enabled", "approval_expiry_seconds"]
+    readonly_fields = [f for f in fields if f not in ("enabled", "approval_expiry_seconds")]
+    inlines = [ToolPermissionInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("permissions")
+
+    @admin.display(boolean=True)
+    def reversible(self, tool):
+        return tool.reversible
+
+    @admin.display(description="rule for every agent")
+    def rule_for_all(self, tool):
+        decision = ToolPermission.objects.decide_from(tool, list(tool.permissions.all()), agent="")
+        return f"{decision.rule} ({decision.source})"
+
+    # Tools come from the code: the admin manages them, it does not make or remove them.
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        old = Tool.objects.filter(pk=obj.pk).values("enabled", "approval_expiry_seconds").first()
+        super().save_model(request, obj, form, change)
+        new = {"enabled": obj.enabled, "approval_expiry_seconds": obj.approval_expiry_seconds}
+        if old != new:
+            AuditEntry.record(request.user, "change_tool", target=f"tool:{obj.name}", details={"old": old, "new": new})
+
+    def save_formset(self, request, form, formset, change):
+        _audit_permission_changes(request, formset)
+
+
+@admin.register(ToolPermission)
+class ToolPermissionAdmin(admin.ModelAdmin):
+    list_display = ["tool", "agent_or_all", "rule", "max_calls_per_run", "note", "updated_at"]
+    list_filter = ["rule", "tool__effect", "agent"]
+    search_fields = ["tool__name", "agent", "note"]
+    autocomplete_fields = ["tool"]
+
+    @admin.display(description="agent")
+    def agent_or_all(self, permission):
+        return permission.agent or "every agent"
+
+    def save_model(self, request, obj, form, change):
+        old = ToolPermission.objects.filter(pk=obj.pk).first() if change else None
+        super().save_model(request, obj, form, change)
+        _audit(request, "change_permission" if change else "add_permission", obj, old)
+
+    def delete_model(self, request, obj):
+        _audit(request, "delete_permission", None, obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for permission in queryset:
+            _audit(request, "delete_permission", None, permission)
+        super().delete_queryset(request, queryset)
+
+
+def _audit(request, action, new, old):
+    subject = new or old
+    AuditEntry.record(
+        request.user, action, target=f"tool:{subject.tool.name}",
+        details={"old": old.as_dict() if old else None, "new": new.as_dict() if new else None},
+    )
+
+
+def _audit_permission_changes(request, formset):
+    olds = {p.pk: p.as_dict() for p in ToolPermission.objects.filter(pk__in=[f.instance.pk for f in formset.forms if f.instance.pk])}
+    instances = formset.save(commit=False)
+    for permission in formset.deleted_objects:
+        AuditEntry.record(request.user, "delete_permission", target=f"tool:{permission.tool.name}",
+                          details={"old": olds.get(permission.pk), "new": None})
+        permission.delete()
+    for permission in instances:
+        old = olds.get(permission.pk)
+        permission.save()
+        AuditEntry.record(request.user, "change_permission" if old else "add_permission",
+                          target=f"tool:{permission.tool.name}", details={"old": old, "new": permission.as_dict()})
+    formset.save_m2m()

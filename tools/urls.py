@@ -1,0 +1,8 @@
+from django.urls import path
+
+from tools import views
+
+app_name = "tools"
+urlpatterns = [
+    path("", views.tool_list, name="list"),
+]

@@ -209,10 +209,19 @@ def load_journal(run_id):
 # UPDATE: that move waits for a write in flight, and a write that waited for the move re-checks
 # status and epoch on the new row and inserts nothing. (A claim only takes queued runs, so a
 # new epoch always comes after such a move.) Heartbeats do not conflict with the lock.
+#
+# The intent of a write or delete ("guarded") also locks the freeze state FOR KEY SHARE and is
+# refused while a freeze covers the run's agent: see tools/freeze.py for why no write intent can
+# be recorded after a freeze has committed.
 WRITE_SQL = """
 WITH run AS (
-    SELECT lease_epoch, lease_owner, status, requested FROM runs_run
+    SELECT lease_epoch, lease_owner, status, requested, agent FROM runs_run
     WHERE id = %(run)s::uuid FOR KEY SHARE
+), freeze_now AS (
+    SELECT COALESCE(NULLIF(f.global_reason, ''), f.agents ->> run.agent, '') AS reason
+    FROM tools_freezestate f, run
+    WHERE f.id = 1 AND %(guarded)s::boolean
+    FOR KEY SHARE OF f
 ), inserted AS (
     INSERT INTO runs_journalentry (
         run_id, seq, attempt, phase, kind, name, effect, args, args_hash, idempotency_key,
@@ -226,12 +235,14 @@ WITH run AS (
     WHERE run.status = 'running' AND run.lease_epoch = %(epoch)s::bigint
       AND run.lease_owner = %(owner)s::varchar
       AND (%(phase)s::varchar = 'outcome' OR run.requested = '')
+      AND NOT EXISTS (SELECT 1 FROM freeze_now WHERE freeze_now.reason <> '')
     RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM inserted),
        run.status = 'running' AND run.lease_epoch = %(epoch)s::bigint
            AND run.lease_owner = %(owner)s::varchar,
-       run.requested
+       run.requested,
+       (SELECT reason FROM freeze_now)
 FROM run
 """
 
@@ -432,7 +443,7 @@ class Context:
         else:
             # An outcome repeats the arguments only where no intent holds them.
             stored_args = None if step.writes_intent else step.args_json
-        inserted, holds_lease, requested = _run_write_sql(
+        inserted, holds_lease, requested, frozen = _run_write_sql(
             {
                 "run": lease.run_id, "seq": self.seq, "attempt": attempt, "phase": phase,
                 "kind": step.kind, "name": step.name, "effect": step.effect,
@@ -441,6 +452,7 @@ class Context:
                 "status": status, "result": _json_or_null(result), "error": _json_or_null(error),
                 "actor": f"worker:{lease.owner}" + (f" ({actor_note})" if actor_note else ""),
                 "epoch": lease.epoch, "owner": lease.owner,
+                "guarded": phase == INTENT and step.effect in ("write", "delete"),
             }
         )
         if not holds_lease:
@@ -453,6 +465,9 @@ class Context:
             raise CancelRequested()
         if requested == "pause":
             raise PauseRequested()
+        if frozen:
+            # Nothing was written: the step starts afresh when the freeze lifts.
+            raise Wait(f"frozen: {frozen}")
         assert inserted, "the journal row was neither written nor refused"
 
     # Steps with their own rules

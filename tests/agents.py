@@ -265,3 +265,26 @@ def t_echo(args: Text) -> dict:
 @agent("t_echo_agent")
 def t_echo_agent(ctx, request: Text) -> dict:
     return ctx.tool("t_echo", text=request.text)
+
+
+class Count(BaseModel):
+    n: int = Field(ge=1, le=1000)
+
+
+@tool(effect="read")
+def f_read(args: Value) -> dict:
+    return {"read": args.value}
+
+
+@tool(effect="write", idempotent=True)
+def f_write(args: Value, *, idempotency_key: str) -> dict:
+    time.sleep(0.02)  # a remote call takes a moment
+    return {"wrote": args.value}
+
+
+@agent("f_writer")
+def f_writer(ctx, request: Count) -> int:
+    for i in range(request.n):
+        ctx.tool("f_read", value=i)
+        ctx.tool("f_write", value=i)
+    return request.n

@@ -195,3 +195,53 @@ class ToolPermission(models.Model):
     def as_dict(self):
         return {"tool": self.tool.name, "agent": self.agent, "rule": self.rule,
                 "max_calls_per_run": self.max_calls_per_run, "note": self.note}
+
+
+# The freeze -----------------------------------------------------------------------------------
+
+
+class FreezeState(models.Model):
+    """The one row every write intent locks (FOR KEY SHARE) and checks: what is frozen now.
+
+    Setting or lifting a freeze locks this row FOR UPDATE, so it waits for the write intents in
+    flight, and every later one waits for it and then sees the new state. See tools.freeze.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    # Why everything is frozen; empty when it is not.
+    global_reason = models.TextField(blank=True, default="")
+    # {agent: reason} for the agents frozen one by one.
+    agents = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(name="freeze_state_single_row", condition=models.Q(id=1))]
+
+    def reason_for(self, agent):
+        return self.global_reason or self.agents.get(agent, "")
+
+
+class Freeze(models.Model):
+    """The record of freezes: who set each one, why, when, and who lifted it."""
+
+    # Empty: every agent.
+    agent = models.CharField(max_length=200, blank=True, default="")
+    reason = models.TextField()
+    set_by = models.CharField(max_length=150)
+    set_at = models.DateTimeField(auto_now_add=True)
+    lifted_by = models.CharField(max_length=150, blank=True, default="")
+    lifted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-set_at"]
+        constraints = [
+            models.UniqueConstraint(
+                name="freeze_one_active_per_scope", fields=["agent"], condition=models.Q(lifted_at__isnull=True)
+            ),
+        ]
+
+    def __str__(self):
+        return f"freeze of {self.agent or 'every agent'}: {self.reason}"
+
+    @property
+    def active(self):
+        return self.lifted_at is None

@@ -1,0 +1,87 @@
+"""The freeze: no write starts while it holds; reads go on; runs go on when it lifts."""
+
+import pytest
+
+from runs.engine import advance_run, start_run, wait_until_settled
+from runs.models import JournalEntry, Run
+from tests.conftest import wait_for
+from tools.freeze import FreezeError, lift_freeze, set_freeze
+from tools.models import Freeze, FreezeState
+
+
+@pytest.fixture
+def freeze_state(transactional_db):
+    FreezeState.objects.get_or_create(id=1)
+
+
+def intents(**filters):
+    return set(
+        JournalEntry.objects.filter(phase="intent", effect__in=["write", "delete"], **filters).values_list("id", flat=True)
+    )
+
+
+def test_a_frozen_run_waits_before_its_first_write_and_goes_on_when_lifted(freeze_state):
+    set_freeze(agent="f_writer", reason="code freeze for the release", actor="user:ada")
+    run = start_run("f_writer", {"n": 2}, started_by="test")
+
+    advance_run(run.id)
+
+    run.refresh_from_db()
+    assert run.status == "waiting"
+    assert run.status_reason == "frozen: code freeze for the release"
+    assert list(JournalEntry.objects.filter(run=run).values_list("seq", "phase", "name")) == [(1, "outcome", "f_read")]
+
+    lift_freeze(agent="f_writer", actor="user:ada")
+
+    run.refresh_from_db()
+    assert run.status == "queued"
+    advance_run(run.id)
+    assert Run.objects.get(id=run.id).status == "succeeded"
+    record = Freeze.objects.get()
+    assert (record.set_by, record.lifted_by) == ("user:ada", "user:ada")
+
+
+def test_a_freeze_of_another_agent_does_not_stop_this_one(freeze_state):
+    set_freeze(agent="someone_else", reason="their incident", actor="user:ada")
+    run = start_run("f_writer", {"n": 1}, started_by="test")
+
+    advance_run(run.id)
+
+    assert Run.objects.get(id=run.id).status == "succeeded"
+
+
+def test_bad_freeze_requests_are_refused_by_name(freeze_state):
+    with pytest.raises(FreezeError, match="a freeze needs a reason"):
+        set_freeze(reason="  ", actor="user:ada")
+    set_freeze(reason="incident 42", actor="user:ada")
+    with pytest.raises(FreezeError, match="everything is frozen already"):
+        set_freeze(reason="again", actor="user:ada")
+    with pytest.raises(FreezeError, match="agent 'x' is not frozen"):
+        lift_freeze(agent="x", actor="user:ada")
+
+
+def test_the_freeze_race_no_write_intent_commits_after_the_freeze(freeze_state, workers):
+    """Workers keep starting write steps while a freeze is set from this process."""
+    workers.start()
+    workers.start(scheduler=False)
+    workers.sweeper()
+    first = [start_run("f_writer", {"n": 40}, started_by="test") for _ in range(4)]
+    wait_for(lambda: len(intents()) >= 20, what="writes under way")
+
+    set_freeze(reason="stop the world", actor="user:ada")
+    at_freeze = intents()  # every intent committed before the freeze's commit is visible now
+    late = [start_run("f_writer", {"n": 3}, started_by="test") for _ in range(2)]
+    # Reads go on: the late runs read, then wait at their first write.
+    for run in late:
+        wait_for(lambda: JournalEntry.objects.filter(run=run, name="f_read", phase="outcome").exists(),
+                 what="a read during the freeze")
+    wait_for(lambda: Run.objects.filter(status="waiting", status_reason="frozen: stop the world").count() == 6,
+             timeout=30, what="every run waiting for the freeze")
+    before_lift = intents()
+
+    assert before_lift == at_freeze, "a write intent was committed after the freeze"
+    assert not JournalEntry.objects.filter(run__in=late, phase="intent").exists()
+
+    lift_freeze(actor="user:ada")
+    for run in first + late:
+        assert wait_until_settled(run.id, timeout=120).status == "succeeded"

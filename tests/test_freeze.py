@@ -85,3 +85,47 @@ def test_the_freeze_race_no_write_intent_commits_after_the_freeze(freeze_state, 
     lift_freeze(actor="user:ada")
     for run in first + late:
         assert wait_until_settled(run.id, timeout=120).status == "succeeded"
+
+
+def test_an_admin_freezes_from_the_page_a_run_waits_then_finishes_after_the_lift(freeze_state, workers, admin_user, page, live_server_url):
+    from playwright.sync_api import expect
+
+    from runs.models import AuditEntry
+    from tests.conftest import log_in
+
+    page.on("dialog", lambda dialog: dialog.accept())
+    log_in(page, live_server_url, "ada")
+    page.get_by_text("Freeze writes").click()
+    page.get_by_label("Reason for the freeze").fill("database migration in progress")
+    page.get_by_role("button", name="Freeze", exact=True).click()
+    expect(page.locator("#freeze-banner")).to_contain_text("Writes are frozen for every agent: database migration in progress")
+
+    workers.start()
+    run = start_run("f_writer", {"n": 2}, started_by="user:ada")
+    page.goto(f"{live_server_url}/runs/{run.id}/")
+    expect(page.locator("#run-header .reason")).to_have_text("frozen: database migration in progress", timeout=20_000)
+    expect(page.locator("#freeze-banner")).to_be_visible()
+
+    page.get_by_role("button", name="Lift the freeze").click()
+    expect(page.locator("#freeze-banner")).to_have_count(0)
+    page.goto(f"{live_server_url}/runs/{run.id}/")
+    expect(page.locator("#run-header .status")).to_have_text("succeeded", timeout=20_000)
+    assert list(AuditEntry.objects.order_by("id").values_list("username", "action")) == [("ada", "freeze"), ("ada", "unfreeze")]
+
+
+def test_an_operator_cannot_freeze(freeze_state, client, operator):
+    client.force_login(operator)
+
+    response = client.post("/tools/freeze/", {"reason": "I think we should"})
+
+    assert response.status_code == 403
+    assert FreezeState.objects.get(id=1).global_reason == ""
+
+
+def test_a_freeze_without_a_reason_is_refused_with_a_message(freeze_state, client, admin_user):
+    client.force_login(admin_user)
+
+    response = client.post("/tools/freeze/", {"reason": " ", "next": "/tools/"}, follow=True)
+
+    assert b"Not frozen: a freeze needs a reason" in response.content
+    assert FreezeState.objects.get(id=1).global_reason == ""

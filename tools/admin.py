@@ -1,10 +1,11 @@
 """Tools and their permissions in the Django admin. Every change of a permission is audited
 with its old and new values."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from runs.models import AuditEntry
-from tools.models import Tool, ToolPermission
+from tools.freeze import FreezeError, lift_freeze, set_freeze
+from tools.models import Freeze, Tool, ToolPermission
 
 
 class ToolPermissionInline(admin.TabularInline):
@@ -101,3 +102,46 @@ def _audit_permission_changes(request, formset):
         AuditEntry.record(request.user, "change_permission" if old else "add_permission",
                           target=f"tool:{permission.tool.name}", details={"old": old, "new": permission.as_dict()})
     formset.save_m2m()
+
+
+@admin.register(Freeze)
+class FreezeAdmin(admin.ModelAdmin):
+    """The freezes, set and lifted through tools.freeze (never by editing rows)."""
+
+    list_display = ["agent_or_all", "reason", "set_by", "set_at", "lifted_by", "lifted_at"]
+    list_filter = ["lifted_at"]
+    search_fields = ["agent", "reason", "set_by"]
+    fields = ["agent", "reason"]
+    actions = ["lift"]
+
+    @admin.display(description="agent")
+    def agent_or_all(self, freeze):
+        return freeze.agent or "every agent"
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_add_permission(self, request):
+        return request.user.has_perm("tools.freeze_writes")
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("tools.freeze_writes") or request.user.has_perm("tools.view_tool")
+
+    def save_model(self, request, obj, form, change):
+        try:
+            frozen = set_freeze(agent=obj.agent.strip(), reason=obj.reason, actor=f"user:{request.user.get_username()}")
+        except FreezeError as error:
+            self.message_user(request, f"Not frozen: {error}.", level=messages.ERROR)
+            return
+        obj.pk = frozen.pk
+        AuditEntry.record(request.user, "freeze", target=f"agent:{obj.agent}" if obj.agent else "everything", reason=obj.reason)
+
+    @admin.action(description="Lift the selected freezes", permissions=["add"])
+    def lift(self, request, queryset):
+        for freeze in queryset.filter(lifted_at__isnull=True):
+            lift_freeze(agent=freeze.agent, actor=f"user:{request.user.get_username()}")
+            AuditEntry.record(request.user, "unfreeze", target=f"agent:{freeze.agent}" if freeze.agent else "everything")
+        self.message_user(request, "Lifted. The runs that waited for the freeze are queued again.")

@@ -5,4 +5,6 @@ from tools import views
 app_name = "tools"
 urlpatterns = [
     path("", views.tool_list, name="list"),
+    path("freeze/", views.freeze_set, name="freeze"),
+    path("unfreeze/", views.freeze_lift, name="unfreeze"),
 ]

@@ -26,7 +26,7 @@ from runs import live
 from runs.agents import InvalidInput, get_agent
 from runs.journal import (
     CancelRequested, Context, Fenced, JournalUnavailable, Lease, NeedsAttention, PauseRequested,
-    ToolError, Wait, load_journal,
+    RunFails, ToolError, Wait, load_journal,
 )
 from runs.models import (
     FINISHED, IllegalTransition, JournalEntry, Requested, Run, RunEvent, RunStatus, transition,
@@ -233,7 +233,7 @@ def advance_run(run_id):
 def execute(lease):
     """Run the agent from the top against the journal, then move the run on. Returns its new status."""
     run = Run.objects.only("agent", "input").get(id=lease.run_id)
-    ctx = Context(lease, load_journal(run.id))
+    ctx = Context(lease, load_journal(run.id), agent=run.agent)
     end = dict(epoch=lease.epoch, actor=f"worker:{lease.owner}")
     try:
         agent = get_agent(run.agent)
@@ -250,6 +250,8 @@ def execute(lease):
     except Fenced as fenced:
         log.warning("%s", fenced)
         return "fenced"
+    except RunFails as failure:
+        moved = transition(run.id, S.FAILED, error=failure.error, **end)
     except JournalUnavailable as error:
         # The run stays as it is; its lease expires and the sweeper hands it on.
         log.error("run %s stopped: %s", run.id, error)

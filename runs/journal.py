@@ -38,7 +38,7 @@ import json
 import uuid as uuid_module
 
 import psycopg
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import cached_property
 from datetime import datetime, timedelta
@@ -52,6 +52,7 @@ from pydantic_core import to_jsonable_python
 from runs import live
 from runs.agents import describe
 from runs.models import JournalEntry
+from tools.models import Rule
 from tools.registry import TOOLS, Reconciled
 
 INTENT, OUTCOME = JournalEntry.Phase.INTENT, JournalEntry.Phase.OUTCOME
@@ -111,6 +112,14 @@ class Fenced(Suspend):
     """Another worker holds the run now; this one must stop without writing anything."""
 
 
+class RunFails(Suspend):
+    """The run fails now, whatever the agent would do (a budget is exceeded)."""
+
+    def __init__(self, error):
+        super().__init__(error["message"])
+        self.error = error
+
+
 class JournalUnavailable(Suspend):
     """The journal could not be written (the database failed): stop, and let the lease lapse."""
 
@@ -141,6 +150,8 @@ class Step:
     reconcile: Callable | None = None
     # What the intent row stores, where it holds more than identifies the step (a deadline).
     stored_args: Any = None
+    # A tool step, checked against the tool's state and permissions before it first runs.
+    guarded: bool = False
 
     @cached_property
     def args_json(self):
@@ -271,11 +282,14 @@ def _json_or_null(value):
 
 
 class Context:
-    def __init__(self, lease: Lease, journal: dict[int, list[Row]]):
+    def __init__(self, lease: Lease, journal: dict[int, list[Row]], agent=""):
         self.lease = lease
         self.run_id = lease.run_id
         self.journal = journal
+        self.agent = agent
         self.seq = 0
+        self.calls = Counter()  # tool name -> its steps so far in this run, for caps
+        self.rules = {}  # tool name -> (enabled, decision), read once per advance
 
     # The API for agents
 
@@ -300,6 +314,7 @@ class Context:
                 writes_intent=tool.effect in ("write", "delete"),
                 idempotent=tool.idempotent,
                 reconcile=(lambda key: tool.reconcile(args, key)) if tool.reconcile else None,
+                guarded=True,
             )
         )
 
@@ -354,7 +369,11 @@ class Context:
     def _step(self, step: Step):
         self.seq += 1
         rows = self.journal.get(self.seq)
+        if step.guarded:
+            self.calls[step.name] += 1
         if not rows:
+            if step.guarded:
+                self._guard(step)
             return self._execute(step, attempt=1)
         self._check_same_step(step, rows[0])
         last = rows[-1]
@@ -422,6 +441,43 @@ class Context:
             raise ToolError(failure["type"], failure["message"]) from error
         self._write(step, attempt, OUTCOME, status=SUCCEEDED, result=result)
         return result
+
+    def _guard(self, step):
+        """The guardrails after the contract, in DESIGN's order, for a tool step's first run:
+        a disabled tool, the permission, the cap on calls per run. (The freeze is checked in
+        the statement that writes the intent.) A refusal is journaled like any outcome, so a
+        replay refuses again without asking."""
+        enabled, decision = self._rules_for(step.name)
+        if not enabled:
+            self._refuse(step, "contract", f"tool {step.name!r} is disabled")
+        if decision.rule == Rule.DENY:
+            self._refuse(step, "permission_denied",
+                         f"tool {step.name!r} is denied to agent {self.agent!r} ({decision.source})")
+        if decision.cap is not None and self.calls[step.name] > decision.cap:
+            message = (f"budget exceeded: tool {step.name!r} may be called {decision.cap} times a run "
+                       f"({decision.source}); this was call {self.calls[step.name]}")
+            self._refuse(step, "budget", message, fails_run=True)
+
+    def _rules_for(self, name):
+        if name not in self.rules:
+            from tools.models import Tool, ToolPermission
+
+            tool = Tool.objects.filter(name=name).first()
+            if tool is None:  # not synced yet: the code's own declaration decides
+                spec = TOOLS[name]
+                tool = Tool(name=name, effect=spec.effect, compensation=spec.compensation.tool if spec.compensation else "")
+                self.rules[name] = (True, ToolPermission.objects.decide_from(tool, [], self.agent))
+            else:
+                self.rules[name] = (tool.enabled, ToolPermission.objects.decide(tool, self.agent))
+        return self.rules[name]
+
+    def _refuse(self, step, type, message, fails_run=False):
+        refused = Step(kind=step.kind, name=step.name, args=step.args, call=None, effect=step.effect)
+        error = {"type": type, "message": message}
+        self._write(refused, 1, OUTCOME, status=FAILED, error=error)
+        if fails_run:
+            raise RunFails(error)
+        raise ToolError(type, message)
 
     def _contract_error(self, name, arguments, message, kind=K.TOOL):
         """Unknown tool or bad arguments: the step fails at the boundary and is never retried."""

@@ -150,3 +150,75 @@ def test_an_operator_cannot_change_permissions(client, operator):
 
     assert client.get("/admin/tools/toolpermission/add/").status_code in (302, 403)
     assert not ToolPermission.objects.exists()
+
+
+# The engine applies them.
+
+
+def rule(tool_name, rule_value, agent="", cap=None):
+    sync_tools()
+    return ToolPermission.objects.create(tool=Tool.objects.get(name=tool_name), agent=agent, rule=rule_value,
+                                         max_calls_per_run=cap)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_denied_tool_is_not_called_and_the_agent_receives_why():
+    from runs.engine import advance_run, start_run
+    from runs.models import JournalEntry, Run
+    from tests.agents import CALLS
+
+    rule("t_plain", DENY)
+    run = start_run("t_protocol", {"value": 1}, started_by="test")
+
+    advance_run(run.id)
+
+    run = Run.objects.get(id=run.id)
+    assert run.status == "failed"
+    assert run.error == {"type": "permission_denied", "message": "tool 't_plain' is denied to agent 't_protocol' (global rule)"}
+    assert CALLS["t_plain"] == 0
+    refused = JournalEntry.objects.get(run=run, seq=4)
+    assert (refused.phase, refused.status) == ("outcome", "failed")  # no intent: nothing started
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_agents_own_allow_beats_a_global_deny_in_the_engine():
+    from runs.engine import advance_run, start_run
+    from runs.models import Run
+
+    rule("t_plain", DENY)
+    rule("t_plain", ALLOW, agent="t_protocol")
+    run = start_run("t_protocol", {"value": 1}, started_by="test")
+
+    advance_run(run.id)
+
+    assert Run.objects.get(id=run.id).status == "succeeded"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_disabled_tool_is_a_contract_error():
+    from runs.engine import advance_run, start_run
+    from runs.models import Run
+
+    sync_tools()
+    Tool.objects.filter(name="t_read").update(enabled=False)
+    run = start_run("t_protocol", {"value": 1}, started_by="test")
+
+    advance_run(run.id)
+
+    assert Run.objects.get(id=run.id).error == {"type": "contract", "message": "tool 't_read' is disabled"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cap_on_calls_fails_the_run_with_a_budget_error():
+    from runs.engine import advance_run, start_run
+    from runs.models import Run
+
+    rule("f_read", ALLOW, cap=2)
+    run = start_run("f_writer", {"n": 3}, started_by="test")
+
+    advance_run(run.id)
+
+    run = Run.objects.get(id=run.id)
+    assert run.status == "failed"
+    assert run.error["type"] == "budget"
+    assert run.error["message"].startswith("budget exceeded: tool 'f_read' may be called 2 times a run (global rule); this was call 3")

@@ -217,6 +217,9 @@ SWEEP_INTERVAL_SECONDS = envint("SWEEP_INTERVAL_SECONDS", 5)
 if SWEEP_INTERVAL_SECONDS < 1:
     raise ImproperlyConfigured(f"SWEEP_INTERVAL_SECONDS={SWEEP_INTERVAL_SECONDS} must be at least 1")
 
+# Four eyes: the person who started a run may not approve its steps.
+APPROVALS_FORBID_SELF = envbool("APPROVALS_FORBID_SELF", True)
+
 SESSION_COOKIE_HTTPONLY = True
 # Set when the site is served over HTTPS; off by default so the local http:// path works.
 SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES", False)

@@ -331,9 +331,11 @@ def sweep():
     for run_id in orphaned.values_list("id", flat=True).distinct():
         transition(run_id, S.QUEUED, expect={S.WAITING}, actor="system:sweeper", reason="a child run finished")
     # Runs that wait for a freeze no longer covering them (the lift's wake-up was missed).
+    from tools.approvals import expire_overdue
     from tools.freeze import wake_unfrozen
 
     wake_unfrozen(actor="system:sweeper")
+    expire_overdue()
     stale = timezone.now() - timedelta(seconds=REQUEUE_AFTER_LEASES * settings.RUN_LEASE_SECONDS)
     for run_id in Run.objects.filter(status=S.QUEUED, updated_at__lt=stale).values_list("id", flat=True):
         with transaction.atomic():

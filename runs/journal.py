@@ -457,6 +457,38 @@ class Context:
             message = (f"budget exceeded: tool {step.name!r} may be called {decision.cap} times a run "
                        f"({decision.source}); this was call {self.calls[step.name]}")
             self._refuse(step, "budget", message, fails_run=True)
+        if decision.rule == Rule.REQUIRE_APPROVAL:
+            self._await_approval(step)
+
+    def _await_approval(self, step):
+        """Wait for a person's decision (tools/approvals.py); go on as they decided."""
+        from django.utils import timezone as tz
+
+        from tools import approvals
+        from tools.models import ApprovalStatus as A
+
+        approval = approvals.request_for(
+            self.run_id, self.seq, tool_name=step.name, agent=self.agent, args=step.args,
+            args_hash=step.args_hash,
+        )
+        if approval.status == A.PENDING and approval.expires_at <= tz.now():
+            approvals.expire_overdue()
+            approval.refresh_from_db()
+        if approval.status == A.PENDING:
+            raise Wait(f"waiting for approval of step {self.seq} ({step.name}), until "
+                       f"{approval.expires_at:%Y-%m-%d %H:%M:%S %Z}")
+        if approval.status == A.DENIED:
+            self._refuse(step, "denied", f"denied by operator: {approval.reason}")
+        if approval.status == A.EXPIRED:
+            self._refuse(step, "approval_expired",
+                         f"nobody approved the call to {step.name!r} before the request expired")
+        args = approvals.arguments_to_run(approval, step.args)
+        if args != step.args:
+            # Run what was approved; the step keeps its identity (the hash of what was asked).
+            spec = TOOLS[step.name]
+            model = spec.input_model.model_validate(args)
+            step.stored_args = model.model_dump(mode="json")
+            step.call = lambda key: spec.call(model, key)
 
     def _rules_for(self, name):
         if name not in self.rules:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from runs.agents import agent
 from runs.llm import provider
 from tools.models import LedgerCall
-from tools.registry import Reconciled, tool
+from tools.registry import Compensation, Reconciled, tool
 
 CALLS = Counter()
 KEYS = {}  # tool name -> idempotency keys received, in order
@@ -24,6 +24,11 @@ EFFECTS = set()  # keys whose effect happened (the downstream's own memory)
 # tool name -> "before" (die before the effect) or "after" (die after it, before the outcome)
 CRASH = {}
 SCRIPT = []  # responses of the scripted model, taken in order
+
+
+# Test writes declare a compensation, so the default rule allows them without approval; the
+# approval tests use t_irreversible and t_delete, which do not.
+UNDO = Compensation("t_undo", lambda args, result: {"value": 0})
 
 
 class Crash(BaseException):
@@ -59,7 +64,7 @@ def t_read(args: Value) -> dict:
     return {"read": args.value}
 
 
-@tool(effect="write", idempotent=True)
+@tool(effect="write", idempotent=True, compensation=UNDO)
 def t_idem(args: Value, *, idempotency_key: str) -> dict:
     _called("t_idem", idempotency_key)
     return {"idem": args.value}
@@ -74,13 +79,13 @@ def _recon_lookup(args, idempotency_key):
     return Reconciled(happened=happened, result={"recon": args.value, "reconciled": True} if happened else None)
 
 
-@tool(effect="write", reconcile=_recon_lookup)
+@tool(effect="write", reconcile=_recon_lookup, compensation=UNDO)
 def t_recon(args: Value, *, idempotency_key: str) -> dict:
     _called("t_recon", idempotency_key)
     return {"recon": args.value}
 
 
-@tool(effect="write")
+@tool(effect="write", compensation=UNDO)
 def t_plain(args: Value, *, idempotency_key: str) -> dict:
     _called("t_plain", idempotency_key)
     return {"plain": args.value}
@@ -199,7 +204,7 @@ def w_read(args: Blocking) -> dict:
     return {"value": args.value}
 
 
-@tool(effect="write", idempotent=True)
+@tool(effect="write", idempotent=True, compensation=UNDO)
 def w_block(args: Blocking, *, idempotency_key: str) -> dict:
     LedgerCall.objects.create(key=idempotency_key, tool="w_block", executed=True)
     deadline = time.monotonic() + 120
@@ -208,7 +213,7 @@ def w_block(args: Blocking, *, idempotency_key: str) -> dict:
     return {"released": True}
 
 
-@tool(effect="write")
+@tool(effect="write", compensation=UNDO)
 def w_slow(args: Blocking, *, idempotency_key: str) -> dict:
     """A plain write that takes longer than two leases of the test workers."""
     LedgerCall.objects.create(key=idempotency_key, tool="w_slow", executed=True)
@@ -221,7 +226,7 @@ def w_long_call(ctx, request: Blocking) -> bool:
     return ctx.tool("w_slow", value=request.value, release=request.release)["slow"]
 
 
-@tool(effect="write", idempotent=True)
+@tool(effect="write", idempotent=True, compensation=UNDO)
 def w_write(args: Blocking, *, idempotency_key: str) -> dict:
     LedgerCall.objects.create(key=idempotency_key, tool="w_write", executed=True)
     return {"written": args.value}
@@ -236,7 +241,7 @@ def w_blocker(ctx, request: Blocking) -> int:
     return request.value
 
 
-@tool(effect="write")
+@tool(effect="write", compensation=UNDO)
 def w_block_plain(args: Blocking, *, idempotency_key: str) -> dict:
     """A plain (non-idempotent) write that blocks until its release file exists."""
     LedgerCall.objects.create(key=idempotency_key, tool="w_block_plain", executed=True)
@@ -276,7 +281,7 @@ def f_read(args: Value) -> dict:
     return {"read": args.value}
 
 
-@tool(effect="write", idempotent=True)
+@tool(effect="write", idempotent=True, compensation=UNDO)
 def f_write(args: Value, *, idempotency_key: str) -> dict:
     time.sleep(0.02)  # a remote call takes a moment
     return {"wrote": args.value}
@@ -288,3 +293,35 @@ def f_writer(ctx, request: Count) -> int:
         ctx.tool("f_read", value=i)
         ctx.tool("f_write", value=i)
     return request.n
+
+
+@tool(effect="write", idempotent=True)
+def t_undo(args: Value, *, idempotency_key: str) -> dict:
+    return {"undone": True}
+
+
+class Card(BaseModel):
+    value: int = Field(ge=0)
+    card_number: str = "4111"
+
+
+@tool(effect="write", sensitive=["card_number"])
+def t_irreversible(args: Card, *, idempotency_key: str) -> dict:
+    _called("t_irreversible", idempotency_key)
+    return {"charged": args.value, "card_ends": args.card_number[-2:]}
+
+
+@tool(effect="delete")
+def t_delete(args: Value, *, idempotency_key: str) -> dict:
+    _called("t_delete", idempotency_key)
+    return {"deleted": args.value}
+
+
+@agent("t_guarded")
+def t_guarded(ctx, request: Value) -> dict:
+    charged = ctx.tool("t_irreversible", value=request.value, card_number="4111111111111111")
+    try:
+        deleted = ctx.tool("t_delete", value=request.value)
+    except Exception as error:
+        deleted = {"error": str(error)}
+    return {"charged": charged, "deleted": deleted}

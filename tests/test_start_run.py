@@ -95,6 +95,11 @@ def test_the_command_refuses_bad_input_with_one_clear_line(args, message):
 
 
 def test_the_command_starts_a_run_and_waits_for_it(workers):
+    from tools.models import Tool, ToolPermission
+    from tools.sync import sync_tools
+
+    sync_tools()  # send_email is irreversible: allowed here, so the run does not wait for a person
+    ToolPermission.objects.create(tool=Tool.objects.get(name="send_email"), rule="allow")
     workers.start()
 
     result = manage("start_run", "refund_customer", "--input", '{"order_id": "A-1002", "think_seconds": 0.5}',

@@ -245,3 +245,61 @@ class Freeze(models.Model):
     @property
     def active(self):
         return self.lifted_at is None
+
+
+# Approvals ------------------------------------------------------------------------------------
+
+
+class ApprovalStatus(models.TextChoices):
+    PENDING = "pending", "pending"
+    APPROVED = "approved", "approved"
+    DENIED = "denied", "denied"
+    EXPIRED = "expired", "expired"
+
+
+REDACTED = "***"
+
+
+class Approval(models.Model):
+    """A tool call waiting for a person: one per step of a run that needs approval."""
+
+    run = models.ForeignKey("runs.Run", on_delete=models.PROTECT, related_name="approvals")
+    seq = models.PositiveIntegerField()
+    tool = models.CharField(max_length=200)
+    agent = models.CharField(max_length=200)
+    effect = models.CharField(max_length=8, choices=Effect.choices)
+    # As shown to people: sensitive fields redacted.
+    args = models.JSONField()
+    # The hash of what the agent asked for: a decision is bound to it.
+    args_hash = models.CharField(max_length=64)
+    # Set when an approver changed the arguments (validated against the tool's schema).
+    edited_args = models.JSONField(null=True, blank=True)
+    # What would undo it: "TOOL", or empty for irreversible.
+    compensation = models.CharField(max_length=200, blank=True, default="")
+    started_by = models.CharField(max_length=200)
+    status = models.CharField(max_length=8, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING)
+    requested_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    # "user:NAME", or "system:expiry" for a request that ran out of time.
+    decided_by = models.CharField(max_length=150, blank=True, default="")
+    decided_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-requested_at"]
+        constraints = [
+            models.UniqueConstraint(name="approval_one_per_step", fields=["run", "seq"]),
+            models.CheckConstraint(name="approval_status_valid", condition=models.Q(status__in=ApprovalStatus.values)),
+            models.CheckConstraint(
+                name="approval_decided_when_not_pending",
+                condition=models.Q(status="pending", decided_at__isnull=True)
+                | (~models.Q(status="pending") & models.Q(decided_at__isnull=False)),
+            ),
+        ]
+        indexes = [
+            # The inbox and the sweeper: pending requests by expiry.
+            models.Index(name="approval_pending_idx", fields=["expires_at"], condition=models.Q(status="pending")),
+        ]
+
+    def __str__(self):
+        return f"{self.tool} for run {self.run_id} step {self.seq}: {self.status}"

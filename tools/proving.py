@@ -13,7 +13,12 @@ from pydantic import BaseModel, Field
 
 from runs.agents import agent
 from tools.models import LedgerCall
-from tools.registry import Reconciled, tool
+from tools.registry import Compensation, Reconciled, tool
+
+
+# The proving tools declare a compensation, so the default rule lets them run without
+# approval: chaos and the benchmarks measure the journal, not people.
+UNDO = Compensation("proving_undo", lambda args, result: {"account": args.get("account", 0)})
 
 
 def _latency():
@@ -23,6 +28,11 @@ def _latency():
 
 class Account(BaseModel):
     account: int = Field(ge=0)
+
+
+@tool(effect="write", idempotent=True)
+def proving_undo(args: Account, *, idempotency_key: str) -> dict:
+    return {"undone": True}
 
 
 class Amount(BaseModel):
@@ -37,7 +47,7 @@ def chaos_balance(args: Account) -> dict:
     return {"balance": 100 + args.account}
 
 
-@tool(effect="write", idempotent=True)
+@tool(effect="write", idempotent=True, compensation=UNDO)
 def chaos_deposit(args: Amount, *, idempotency_key: str) -> dict:
     """Idempotent write: the downstream takes effect once per key."""
     _latency()
@@ -54,7 +64,7 @@ def _charge_happened(args, idempotency_key):
     return Reconciled(happened=done, result={"charged": args.amount} if done else None)
 
 
-@tool(effect="write", reconcile=_charge_happened)
+@tool(effect="write", reconcile=_charge_happened, compensation=UNDO)
 def chaos_charge(args: Amount, *, idempotency_key: str) -> dict:
     """Non-idempotent write with a reconcile hook: the downstream can say whether key K happened."""
     _latency()
@@ -62,7 +72,7 @@ def chaos_charge(args: Amount, *, idempotency_key: str) -> dict:
     return {"charged": args.amount}
 
 
-@tool(effect="write")
+@tool(effect="write", compensation=UNDO)
 def chaos_notify(args: Amount, *, idempotency_key: str) -> dict:
     """Non-idempotent write, no reconcile: in doubt after a crash, a person decides."""
     _latency()
@@ -112,7 +122,7 @@ def bench_read(args: Nothing) -> dict:
     return {"i": args.i}
 
 
-@tool(effect="write", idempotent=True)
+@tool(effect="write", idempotent=True, compensation=UNDO)
 def bench_write(args: Nothing, *, idempotency_key: str) -> dict:
     return {"i": args.i}
 

@@ -1,0 +1,128 @@
+"""Approvals: a call that needs a person waits for them; decisions are bound, single, timely."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from runs.engine import advance_run, start_run, sweep
+from runs.models import AuditEntry, JournalEntry, Run
+from tests.agents import CALLS, KEYS
+from tools.approvals import ApprovalError, decide
+from tools.models import Approval
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def guarded_run(started_by="user:otto"):
+    run = start_run("t_guarded", {"value": 5}, started_by=started_by)
+    advance_run(run.id)
+    return Run.objects.get(id=run.id)
+
+
+def test_a_call_that_needs_approval_waits_without_starting(operator):
+    run = guarded_run()
+
+    assert run.status == "waiting"
+    assert run.status_reason.startswith("waiting for approval of step 1 (t_irreversible)")
+    approval = Approval.objects.get(run=run)
+    assert approval.args == {"value": 5, "card_number": "***"}  # sensitive: redacted
+    assert (approval.effect, approval.compensation, approval.started_by) == ("write", "", "user:otto")
+    assert not JournalEntry.objects.filter(run=run).exists()
+    assert CALLS["t_irreversible"] == 0
+
+
+def test_approve_then_deny_the_agent_goes_on_and_receives_the_reason(operator, admin_user):
+    run = guarded_run()
+    first = Approval.objects.get(run=run)
+
+    decide(first.id, "approve", user=admin_user, shown_hash=first.args_hash)
+    advance_run(run.id)
+    second = Approval.objects.get(run=run, seq=2)
+    decide(second.id, "deny", user=admin_user, reason="never delete on a Friday", shown_hash=second.args_hash)
+    advance_run(run.id)
+
+    run = Run.objects.get(id=run.id)
+    assert run.status == "succeeded"
+    assert run.output["charged"] == {"charged": 5, "card_ends": "11"}  # the real card, not "***"
+    assert run.output["deleted"] == {"error": "denied: denied by operator: never delete on a Friday"}
+    assert CALLS["t_delete"] == 0
+    assert list(AuditEntry.objects.order_by("id").values_list("username", "action")) == [("ada", "approval_approved"), ("ada", "approval_denied")]
+
+
+def test_approve_with_edited_arguments_runs_what_was_approved(admin_user):
+    run = guarded_run()
+    approval = Approval.objects.get(run=run)
+
+    decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash,
+           edited_args_text='{"value": 2, "card_number": "***"}')
+    advance_run(run.id)
+
+    outcome = JournalEntry.objects.get(run=run, seq=1, phase="outcome")
+    assert outcome.result == {"charged": 2, "card_ends": "11"}  # edited value, the real card
+    intent = JournalEntry.objects.get(run=run, seq=1, phase="intent")
+    assert intent.args["value"] == 2
+
+
+def test_an_edit_that_fails_the_schema_is_refused_and_changes_nothing(admin_user):
+    run = guarded_run()
+    approval = Approval.objects.get(run=run)
+
+    with pytest.raises(ApprovalError, match="the edited arguments do not fit 't_irreversible': value: Input should be greater than or equal to 0"):
+        decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash, edited_args_text='{"value": -1}')
+    with pytest.raises(ApprovalError, match="not valid JSON"):
+        decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash, edited_args_text="{value: 1")
+
+    assert Approval.objects.get(id=approval.id).status == "pending"
+
+
+def test_a_second_decision_is_refused(admin_user):
+    run = guarded_run()
+    approval = Approval.objects.get(run=run)
+    decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash)
+
+    with pytest.raises(ApprovalError, match="already approved by user:ada; a decision is taken once"):
+        decide(approval.id, "deny", user=admin_user, reason="changed my mind", shown_hash=approval.args_hash)
+
+
+def test_approving_your_own_run_is_refused(operator):
+    run = guarded_run(started_by="user:otto")
+    approval = Approval.objects.get(run=run)
+
+    with pytest.raises(ApprovalError, match="you started this run"):
+        decide(approval.id, "approve", user=operator, shown_hash=approval.args_hash)
+
+
+def test_a_decision_bound_to_other_arguments_is_refused(admin_user):
+    run = guarded_run()
+    approval = Approval.objects.get(run=run)
+
+    with pytest.raises(ApprovalError, match="not the one you were shown"):
+        decide(approval.id, "approve", user=admin_user, shown_hash="0" * 64)
+
+
+def test_approval_after_expiry_is_refused_and_recorded_as_the_systems(admin_user):
+    run = guarded_run()
+    approval = Approval.objects.get(run=run)
+    Approval.objects.filter(id=approval.id).update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    with pytest.raises(ApprovalError, match="this request expired at"):
+        decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash)
+
+    approval.refresh_from_db()
+    assert (approval.status, approval.decided_by) == ("expired", "system:expiry")
+    advance_run(run.id)
+    assert Run.objects.get(id=run.id).error == {
+        "type": "approval_expired", "message": "nobody approved the call to 't_irreversible' before the request expired",
+    }
+
+
+def test_the_sweeper_expires_overdue_requests_and_the_run_goes_on():
+    run = guarded_run()
+    Approval.objects.filter(run=run).update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    sweep()
+
+    assert Approval.objects.get(run=run).status == "expired"
+    assert Run.objects.get(id=run.id).status == "queued"
+    assert KEYS == {}

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from runs.models import JournalEntry, Run, RunStatus
+from tools.registry import redact
 
 S = RunStatus
 P = JournalEntry.Phase
@@ -61,6 +62,8 @@ def build_steps(run: Run, rows):
         else:
             step.status = "running"
     for step in steps.values():
+        # Sensitive arguments are kept for replay and never shown.
+        step.args = redact(step.name, step.args) if step.kind == JournalEntry.Kind.TOOL else step.args
         last = step.rows[-1]
         if last.phase == P.INTENT:
             step.ended_at = None

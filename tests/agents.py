@@ -325,3 +325,11 @@ def t_guarded(ctx, request: Value) -> dict:
     except Exception as error:
         deleted = {"error": str(error)}
     return {"charged": charged, "deleted": deleted}
+
+
+@agent("t_deleter")
+def t_deleter(ctx, request: Value) -> dict:
+    try:
+        return ctx.tool("t_delete", value=request.value)
+    except Exception as error:  # the agent receives the operator's reason and reports it
+        return {"not_deleted": str(error)}

@@ -126,3 +126,71 @@ def test_the_sweeper_expires_overdue_requests_and_the_run_goes_on():
     assert Approval.objects.get(run=run).status == "expired"
     assert Run.objects.get(id=run.id).status == "queued"
     assert KEYS == {}
+
+
+def test_sensitive_arguments_never_reach_the_pages(client, admin_user):
+    run = guarded_run()
+    approval = Approval.objects.get(run=run)
+    decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash)
+    advance_run(run.id)
+    client.force_login(admin_user)
+
+    for url in (f"/runs/{run.id}/", f"/tools/approvals/{approval.id}/"):
+        page = client.get(url).content.decode()
+        assert "4111111111111111" not in page, url
+        assert "&quot;card_number&quot;: &quot;***&quot;" in page, url
+
+
+def test_the_approval_forms_refuse_bad_input_with_a_message(client, admin_user, viewer):
+    run = guarded_run()
+    approval = Approval.objects.get(run=run)
+    client.force_login(admin_user)
+
+    response = client.post(f"/tools/approvals/{approval.id}/decide/", {"decision": "deny", "reason": "", "shown_hash": approval.args_hash}, follow=True)
+    assert b"Not done: denying needs a reason" in response.content
+    response = client.post(f"/tools/approvals/{approval.id}/decide/", {"decision": "approve", "edited_args": "[1]", "shown_hash": approval.args_hash}, follow=True)
+    assert b"must be a JSON object" in response.content
+    client.force_login(viewer)
+    assert client.post(f"/tools/approvals/{approval.id}/decide/", {"decision": "approve", "shown_hash": approval.args_hash}).status_code == 403
+    assert Approval.objects.get(id=approval.id).status == "pending"
+
+
+def test_an_operator_approves_a_delete_and_denies_another_in_the_browser(workers, operator, page, live_server_url):
+    from playwright.sync_api import expect
+
+    from tests.conftest import log_in, wait_for
+
+    page.on("dialog", lambda dialog: dialog.accept())
+    workers.start()
+    approved = start_run("t_deleter", {"value": 1}, started_by="test")
+    denied = start_run("t_deleter", {"value": 2}, started_by="test")
+    log_in(page, live_server_url, "otto")
+    wait_for(lambda: Approval.objects.count() == 2, what="two approval requests")
+    page.goto(f"{live_server_url}/tools/approvals/")
+    expect(page.locator("tbody tr")).to_have_count(2)
+    expect(page.locator("#pending-approvals")).to_have_text("2")
+
+    page.goto(f"{live_server_url}/tools/approvals/{Approval.objects.get(run=approved).id}/")
+    expect(page.get_by_text("nothing: irreversible")).to_be_visible()
+    page.get_by_role("button", name="Approve", exact=True).click()
+    expect(page.locator("h1 .decision")).to_have_text("approved")
+
+    page.goto(f"{live_server_url}/tools/approvals/{Approval.objects.get(run=denied).id}/")
+    page.get_by_label("Reason for denying (the agent receives it)").fill("that record is evidence")
+    page.get_by_role("button", name="Deny").click()
+    expect(page.locator("h1 .decision")).to_have_text("denied")
+
+    page.goto(f"{live_server_url}/runs/{denied.id}/")
+    expect(page.locator("#run-header .status")).to_have_text("succeeded", timeout=20_000)
+    expect(page.locator("#run-header")).to_contain_text("denied by operator: that record is evidence")
+    assert Run.objects.get(id=approved.id).status in ("queued", "running", "succeeded")
+    assert wait_until_settled_ok(approved)
+    assert list(AuditEntry.objects.order_by("id").values_list("username", "action")) == [
+        ("otto", "approval_approved"), ("otto", "approval_denied"),
+    ]
+
+
+def wait_until_settled_ok(run):
+    from runs.engine import wait_until_settled
+
+    return wait_until_settled(run.id, timeout=30).output == {"deleted": 1}

@@ -21,19 +21,14 @@ from pydantic import ValidationError
 from runs import live
 from runs.agents import describe
 from runs.models import AuditEntry, Run, RunStatus, transition
-from tools.models import REDACTED, Approval, ApprovalStatus, Tool
-from tools.registry import TOOLS
+from tools.models import Approval, ApprovalStatus, Tool
+from tools.registry import REDACTED, TOOLS, redact
 
 A = ApprovalStatus
 
 
 class ApprovalError(ValueError):
     pass
-
-
-def redact(tool_name, args):
-    sensitive = TOOLS[tool_name].sensitive if tool_name in TOOLS else frozenset()
-    return {key: (REDACTED if key in sensitive else value) for key, value in args.items()}
 
 
 def request_for(run_id, seq, *, tool_name, agent, args, args_hash):

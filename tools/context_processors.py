@@ -1,4 +1,11 @@
-from tools.models import FreezeState
+from tools.models import Approval, ApprovalStatus, FreezeState
+
+
+def pending_approvals(request):
+    """The count in the navigation."""
+    if not getattr(request, "user", None) or not request.user.is_authenticated:
+        return {}
+    return {"pending_approvals": Approval.objects.filter(status=ApprovalStatus.PENDING).count()}
 
 
 def freeze(request):

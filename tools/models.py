@@ -257,9 +257,6 @@ class ApprovalStatus(models.TextChoices):
     EXPIRED = "expired", "expired"
 
 
-REDACTED = "***"
-
-
 class Approval(models.Model):
     """A tool call waiting for a person: one per step of a run that needs approval."""
 

@@ -113,3 +113,14 @@ def tool(
         return fn
 
     return register
+
+
+REDACTED = "***"
+
+
+def redact(tool_name, args):
+    """The arguments as people may see them: the tool's sensitive fields replaced by ***."""
+    spec = TOOLS.get(tool_name)
+    if not spec or not spec.sensitive or not isinstance(args, dict):
+        return args
+    return {key: (REDACTED if key in spec.sensitive else value) for key, value in args.items()}

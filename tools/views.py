@@ -5,9 +5,15 @@ from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from runs.models import AuditEntry
+from django.core.exceptions import ValidationError
+from django.http import Http404
+from django.utils import timezone
+
+from runs.models import AuditEntry, JournalEntry
+from runs.timeline import build_steps
+from tools.approvals import ApprovalError, decide
 from tools.freeze import FreezeError, lift_freeze, set_freeze
-from tools.models import Tool, ToolPermission
+from tools.models import Approval, ApprovalStatus, Tool, ToolPermission
 
 
 @permission_required("tools.view_tool", raise_exception=True)
@@ -59,3 +65,44 @@ def freeze_lift(request: HttpRequest) -> HttpResponse:
         AuditEntry.record(request.user, "unfreeze", target=f"agent:{agent}" if agent else "everything")
         messages.success(request, "Freeze lifted: the runs that waited for it are queued again.")
     return _back(request)
+
+
+@permission_required("runs.view_run", raise_exception=True)
+def approval_list(request: HttpRequest) -> HttpResponse:
+    pending = list(Approval.objects.filter(status=ApprovalStatus.PENDING).order_by("expires_at").select_related("run"))
+    decided = list(Approval.objects.exclude(status=ApprovalStatus.PENDING).order_by("-decided_at")[:50])
+    return render(request, "tools/approvals.html", {"pending": pending, "decided": decided, "now": timezone.now()})
+
+
+@permission_required("runs.view_run", raise_exception=True)
+def approval_detail(request: HttpRequest, approval_id: int) -> HttpResponse:
+    try:
+        approval = Approval.objects.select_related("run").get(id=approval_id)
+    except (Approval.DoesNotExist, ValidationError):
+        raise Http404("there is no such approval request") from None
+    rows = JournalEntry.objects.filter(run=approval.run, seq__gte=max(1, approval.seq - 5)).order_by("seq", "attempt", "id")
+    context = {
+        "approval": approval,
+        "last_steps": build_steps(approval.run, list(rows)),
+        "now": timezone.now(),
+        "can_decide": request.user.has_perm("runs.approve_step") and approval.status == ApprovalStatus.PENDING,
+    }
+    return render(request, "tools/approval.html", context)
+
+
+@require_POST
+@permission_required("runs.approve_step", raise_exception=True)
+def approval_decide(request: HttpRequest, approval_id: int) -> HttpResponse:
+    approval = Approval.objects.filter(id=approval_id).first()
+    if approval is None:
+        raise Http404("there is no such approval request")
+    decision = request.POST.get("decision", "")
+    try:
+        decide(approval.id, decision, user=request.user, reason=request.POST.get("reason", ""),
+               edited_args_text=request.POST.get("edited_args"), shown_hash=request.POST.get("shown_hash", ""))
+    except ApprovalError as error:
+        messages.error(request, f"Not done: {error}.")
+    else:
+        messages.success(request, "Approved: the run goes on and makes the call." if decision == "approve"
+                         else "Denied: the agent receives your reason as the tool's error.")
+    return redirect("tools:approval", approval_id=approval.id)

@@ -309,7 +309,7 @@ class Context:
                 kind=K.TOOL,
                 name=name,
                 args=args.model_dump(mode="json"),
-                call=lambda key: tool.call(args, key),
+                call=lambda key: _checked_output(tool, tool.call(args, key)),
                 effect=tool.effect,
                 writes_intent=tool.effect in ("write", "delete"),
                 idempotent=tool.idempotent,
@@ -595,6 +595,17 @@ class Context:
             raise Wait(f"waiting for child run {child_id}", child_id=child_id)
 
         return self._step(Step(kind=K.CHILD_WAIT, name="", args={"run_id": child_id}, call=call))
+
+
+def _checked_output(tool, result):
+    """A tool with an output model must return what it promises; a result that does not fit is a
+    contract error naming the field (the call itself did happen: its intent stays recorded)."""
+    if tool.output_model is None:
+        return result
+    try:
+        return tool.output_model.model_validate(result).model_dump(mode="json")
+    except ValidationError as error:
+        raise ContractViolation(f"the result of {tool.name!r} does not fit its output model: {describe(error)}") from None
 
 
 class ContractViolation(Exception):

@@ -71,6 +71,7 @@ def run_context(run: Run, *, user, first_seq=None):
         "events": list(run.events.all()),
         "children": _children_tree(run),
         "in_doubt": in_doubt,
+        "pending_approval": run.approvals.filter(status="pending").first(),
         "can": {
             "pause": user.has_perm("runs.pause_run") and run.status in (RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.WAITING) and run.requested == "",
             "resume": user.has_perm("runs.resume_run") and run.status == RunStatus.PAUSED,

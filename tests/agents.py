@@ -333,3 +333,21 @@ def t_deleter(ctx, request: Value) -> dict:
         return ctx.tool("t_delete", value=request.value)
     except Exception as error:  # the agent receives the operator's reason and reports it
         return {"not_deleted": str(error)}
+
+
+class Receipt(BaseModel):
+    receipt_id: int
+
+
+@tool(effect="read", output_model=Receipt)
+def t_bad_receipt(args: Value) -> dict:
+    return {"receipt": "not an id"}
+
+
+@agent("t_receipts")
+def t_receipts(ctx, request: Value) -> str:
+    try:
+        ctx.tool("t_bad_receipt", value=request.value)
+    except Exception as error:
+        return str(error)
+    return "fits"

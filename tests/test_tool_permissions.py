@@ -222,3 +222,16 @@ def test_a_cap_on_calls_fails_the_run_with_a_budget_error():
     assert run.status == "failed"
     assert run.error["type"] == "budget"
     assert run.error["message"].startswith("budget exceeded: tool 'f_read' may be called 2 times a run (global rule); this was call 3")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_result_that_breaks_the_output_model_is_a_contract_error_naming_the_field():
+    from runs.engine import advance_run, start_run
+    from runs.models import Run
+
+    run = start_run("t_receipts", {"value": 1}, started_by="test")
+    advance_run(run.id)
+
+    assert Run.objects.get(id=run.id).output == (
+        "contract: the result of 't_bad_receipt' does not fit its output model: receipt_id: Field required"
+    )

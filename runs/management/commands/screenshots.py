@@ -1,4 +1,5 @@
-"""Screenshots of the runs page and a run page, from the demo data, for docs/screenshots/.
+"""Screenshots of the runs page, a run page, the approvals inbox and an approval page, from the
+demo data, for docs/screenshots/.
 
     make screenshots
 
@@ -28,7 +29,7 @@ PASSWORD = "screenshots-only-password"
 
 
 class Command(BaseCommand):
-    help = "Take docs/screenshots/runs.png and run.png from the demo data."
+    help = "Take docs/screenshots/*.png from the demo data."
 
     def handle(self, *args, **options):
         if not Path(CHROMIUM).exists():
@@ -38,6 +39,7 @@ class Command(BaseCommand):
         use_scratch_database("agentops_screens")
         user = User.objects.create_user("operator", password=PASSWORD)
         user.groups.set([Group.objects.get(name=OPERATOR)])
+        from tools.models import Approval
         for key, agent, data in DEMO_RUNS:
             start_run(agent, data, started_by="demo", idempotency_key=key)
         batch = Run.objects.get(idempotency_key="demo-batch-1")
@@ -55,10 +57,14 @@ class Command(BaseCommand):
             # The demo's emails wait for approval: wait until every run has got as far as it can.
             deadline = time.monotonic() + 60
             while Run.objects.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).exists() or \
-                    Run.objects.filter(parent=batch).count() < 2:
+                    Approval.objects.filter(run__parent=batch).count() < 2:
                 if time.monotonic() > deadline:
                     raise CommandError(f"the demo runs did not settle; see {logs}")
                 time.sleep(0.5)
+            # (Playwright keeps an event loop in this thread: ask the database before it starts.)
+            approval = Approval.objects.filter(status="pending").order_by("requested_at").first()
+            if approval is None:
+                raise CommandError("no approval request was made by the demo runs")
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -72,6 +78,10 @@ class Command(BaseCommand):
                 page.goto(f"{base}/runs/{batch.id}/")
                 page.wait_for_selector("#steps li")
                 page.screenshot(path=out / "run.png", full_page=True)
+                page.goto(f"{base}/tools/approvals/")
+                page.screenshot(path=out / "approvals.png", full_page=True)
+                page.goto(f"{base}/tools/approvals/{approval.id}/")
+                page.screenshot(path=out / "approval.png", full_page=True)
                 browser.close()
         finally:
             for process in processes:
@@ -80,5 +90,5 @@ class Command(BaseCommand):
                     process.wait(timeout=20)
                 except Exception:
                     kill_worker(process)
-        self.stdout.write(f"screenshots: {out / 'runs.png'} {out / 'run.png'}")
+        self.stdout.write(f"screenshots: {', '.join(sorted(p.name for p in out.glob('*.png')))} in {out}")
 

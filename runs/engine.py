@@ -277,6 +277,13 @@ def _wait(run_id, wait, end):
             child = Run.objects.select_for_update().only("status").get(id=wait.child_id)
             if child.is_finished:
                 return transition(run_id, S.QUEUED, reason="child run finished", **end)
+        if wait.approval_id:
+            # The same for an approval decided (or expired) before we got here.
+            from tools.models import Approval
+
+            approval = Approval.objects.select_for_update().only("status").get(id=wait.approval_id)
+            if approval.status != "pending":
+                return transition(run_id, S.QUEUED, reason=f"approval {approval.status}", **end)
         moved = transition(run_id, S.WAITING, reason=wait.reason, wake_at=wait.wake_at, **end)
         if moved and moved.status == S.WAITING and wait.wake_at:
             schedule_wake(run_id, wait.wake_at)
@@ -331,11 +338,12 @@ def sweep():
     for run_id in orphaned.values_list("id", flat=True).distinct():
         transition(run_id, S.QUEUED, expect={S.WAITING}, actor="system:sweeper", reason="a child run finished")
     # Runs that wait for a freeze no longer covering them (the lift's wake-up was missed).
-    from tools.approvals import expire_overdue
+    from tools.approvals import expire_overdue, wake_decided
     from tools.freeze import wake_unfrozen
 
     wake_unfrozen(actor="system:sweeper")
     expire_overdue()
+    wake_decided()
     stale = timezone.now() - timedelta(seconds=REQUEUE_AFTER_LEASES * settings.RUN_LEASE_SECONDS)
     for run_id in Run.objects.filter(status=S.QUEUED, updated_at__lt=stale).values_list("id", flat=True):
         with transaction.atomic():

@@ -87,9 +87,10 @@ class Suspend(BaseException):
 class Wait(Suspend):
     """The run waits (sleep, child run) without holding a worker."""
 
-    def __init__(self, reason, wake_at=None, child_id=None):
+    def __init__(self, reason, wake_at=None, child_id=None, approval_id=None):
         super().__init__(reason)
         self.reason, self.wake_at, self.child_id = reason, wake_at, child_id
+        self.approval_id = approval_id
 
 
 class PauseRequested(Suspend):
@@ -247,13 +248,17 @@ WITH run AS (
       AND run.lease_owner = %(owner)s::varchar
       AND (%(phase)s::varchar = 'outcome' OR run.requested = '')
       AND NOT EXISTS (SELECT 1 FROM freeze_now WHERE freeze_now.reason <> '')
+      -- Without the freeze state row there is nothing to lock: refuse, rather than race.
+      AND (NOT %(guarded)s::boolean OR EXISTS (SELECT 1 FROM freeze_now))
     RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM inserted),
        run.status = 'running' AND run.lease_epoch = %(epoch)s::bigint
            AND run.lease_owner = %(owner)s::varchar,
        run.requested,
-       (SELECT reason FROM freeze_now)
+       CASE WHEN %(guarded)s::boolean AND NOT EXISTS (SELECT 1 FROM freeze_now)
+            THEN 'the freeze state is missing (run manage.py migrate)'
+            ELSE (SELECT reason FROM freeze_now) END
 FROM run
 """
 
@@ -290,6 +295,7 @@ class Context:
         self.seq = 0
         self.calls = Counter()  # tool name -> its steps so far in this run, for caps
         self.rules = {}  # tool name -> (enabled, decision), read once per advance
+        self.frozen = None  # the freeze's reason for this agent, read once per advance
 
     # The API for agents
 
@@ -379,6 +385,8 @@ class Context:
         last = rows[-1]
         if last.phase == OUTCOME and last.status in (SUCCEEDED, FAILED):
             return self._replay(last)
+        if step.guarded:
+            self._approved(step)  # a re-run makes the call that was approved, edits included
         if last.phase == OUTCOME:  # abandoned by an operator: run it again
             return self._execute(step, attempt=last.attempt + 1)
         return self._recover_in_doubt(step, last)
@@ -450,6 +458,15 @@ class Context:
         enabled, decision = self._rules_for(step.name)
         if not enabled:
             self._refuse(step, "contract", f"tool {step.name!r} is disabled")
+        if step.effect in ("write", "delete"):
+            # DESIGN's order: the freeze before the permission. (Read once per advance; the
+            # statement that writes the intent checks it again under its lock.)
+            if self.frozen is None:
+                from tools.freeze import frozen_reason_for
+
+                self.frozen = frozen_reason_for(self.agent)
+            if self.frozen:
+                raise Wait(f"frozen: {self.frozen}")
         if decision.rule == Rule.DENY:
             self._refuse(step, "permission_denied",
                          f"tool {step.name!r} is denied to agent {self.agent!r} ({decision.source})")
@@ -471,24 +488,50 @@ class Context:
             self.run_id, self.seq, tool_name=step.name, agent=self.agent, args=step.args,
             args_hash=step.args_hash,
         )
+        if (approval.tool, approval.args_hash) != (step.name, step.args_hash):
+            # The request was made for another call at this seq: the code changed under the run.
+            was = describe_step(K.TOOL, approval.tool, approval.args_hash)
+            raise NeedsAttention(
+                f"nondeterminism at step {self.seq}: an approval was requested for {was}, but the "
+                f"code now asks for {describe_step(step.kind, step.name, step.args_hash)}. Cancel "
+                "the run, or restore the code that started it.",
+                self.seq,
+            )
         if approval.status == A.PENDING and approval.expires_at <= tz.now():
             approvals.expire_overdue()
             approval.refresh_from_db()
         if approval.status == A.PENDING:
             raise Wait(f"waiting for approval of step {self.seq} ({step.name}), until "
-                       f"{approval.expires_at:%Y-%m-%d %H:%M:%S %Z}")
+                       f"{approval.expires_at:%Y-%m-%d %H:%M:%S %Z}", approval_id=approval.id)
         if approval.status == A.DENIED:
             self._refuse(step, "denied", f"denied by operator: {approval.reason}")
         if approval.status == A.EXPIRED:
             self._refuse(step, "approval_expired",
                          f"nobody approved the call to {step.name!r} before the request expired")
-        args = approvals.arguments_to_run(approval, step.args)
-        if args != step.args:
-            # Run what was approved; the step keeps its identity (the hash of what was asked).
-            spec = TOOLS[step.name]
+        self._use_approved_arguments(step, approval)
+
+    def _use_approved_arguments(self, step, approval):
+        """Run what was approved (edited arguments, if any); the step keeps its identity."""
+        from tools import approvals
+
+        args = approvals.arguments_to_run(approval)
+        if args == step.args:
+            return
+        spec = TOOLS[step.name]
+        try:
             model = spec.input_model.model_validate(args)
-            step.stored_args = model.model_dump(mode="json")
-            step.call = lambda key: spec.call(model, key)
+        except ValidationError as error:
+            self._refuse(step, "contract", f"the approved arguments for {step.name!r} are invalid: {describe(error)}")
+        step.stored_args = model.model_dump(mode="json")  # the journal keeps secrets, for replay
+        step.call = lambda key: _checked_output(spec, spec.call(model, key))
+
+    def _approved(self, step):
+        """Edited arguments of an approved step, for a step that runs again after a crash."""
+        from tools.models import Approval, ApprovalStatus
+
+        approval = Approval.objects.filter(run_id=self.run_id, seq=self.seq, status=ApprovalStatus.APPROVED).first()
+        if approval is not None:
+            self._use_approved_arguments(step, approval)
 
     def _rules_for(self, name):
         if name not in self.rules:

@@ -351,3 +351,8 @@ def t_receipts(ctx, request: Value) -> str:
     except Exception as error:
         return str(error)
     return "fits"
+
+
+@agent("t_guarded_parent")
+def t_guarded_parent(ctx, request: Value) -> dict:
+    return ctx.run_child("t_deleter", {"value": request.value})

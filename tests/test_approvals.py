@@ -194,3 +194,79 @@ def wait_until_settled_ok(run):
     from runs.engine import wait_until_settled
 
     return wait_until_settled(run.id, timeout=30).output == {"deleted": 1}
+
+
+def test_an_approval_is_bound_to_the_call_it_was_made_for(admin_user):
+    run = guarded_run()
+    approval = Approval.objects.get(run=run)
+    # The code changes under the waiting run: the same seq now asks for another call.
+    Approval.objects.filter(id=approval.id).update(args_hash="f" * 64)
+    decide(approval.id, "approve", user=admin_user, shown_hash="f" * 64)
+
+    advance_run(run.id)
+
+    run = Run.objects.get(id=run.id)
+    assert run.status == "needs_attention"
+    assert run.status_reason.startswith("nondeterminism at step 1: an approval was requested for tool 't_irreversible'")
+    assert CALLS["t_irreversible"] == 0
+
+
+def test_a_secret_cannot_be_edited_into_the_pages(admin_user):
+    run = guarded_run()
+    approval = Approval.objects.get(run=run)
+
+    with pytest.raises(ApprovalError, match=r"sensitive fields cannot be edited here \(card_number\): leave them as \*\*\*"):
+        decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash,
+               edited_args_text='{"value": 5, "card_number": "5500000000000004"}')
+
+
+def test_four_eyes_follows_a_child_run_to_whoever_started_its_parent(operator):
+    parent = start_run("t_guarded_parent", {"value": 1}, started_by="user:otto")
+    advance_run(parent.id)
+    child = Run.objects.get(parent=parent)
+    advance_run(child.id)
+    approval = Approval.objects.get(run=child)
+
+    assert approval.started_by == "user:otto"
+    with pytest.raises(ApprovalError, match="you started this run"):
+        decide(approval.id, "approve", user=operator, shown_hash=approval.args_hash)
+
+
+def test_a_decision_made_before_the_run_waits_is_not_lost(admin_user):
+    from runs.engine import claim, execute
+
+    run = start_run("t_deleter", {"value": 1}, started_by="test")
+    # The worker makes the request; a fast operator decides before the run is moved to waiting.
+    lease = claim(run.id, "slow-worker")
+    from tools import approvals as approvals_module
+
+    real_request_for = approvals_module.request_for
+
+    def request_then_decide(*args, **kwargs):
+        made = real_request_for(*args, **kwargs)
+        decide(made.id, "approve", user=admin_user, shown_hash=made.args_hash)
+        made.refresh_from_db()
+        made.status = "pending"  # what the worker saw a moment before the decision
+        return made
+
+    approvals_module.request_for = request_then_decide
+    try:
+        assert execute(lease) == "queued"  # not waiting: the decision was seen under the lock
+    finally:
+        approvals_module.request_for = real_request_for
+    advance_run(run.id)
+    assert Run.objects.get(id=run.id).output == {"deleted": 1}
+
+
+def test_during_a_freeze_no_approval_is_requested(admin_user):
+    from tools.freeze import lift_freeze, set_freeze
+    from tools.models import FreezeState
+
+    FreezeState.objects.get_or_create(id=1)
+    set_freeze(reason="maintenance", actor="user:ada")
+    run = start_run("t_deleter", {"value": 1}, started_by="test")
+    advance_run(run.id)
+
+    assert Run.objects.get(id=run.id).status_reason == "frozen: maintenance"
+    assert not Approval.objects.exists()
+    lift_freeze(actor="user:ada")

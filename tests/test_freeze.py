@@ -42,7 +42,7 @@ def test_a_frozen_run_waits_before_its_first_write_and_goes_on_when_lifted(freez
 
 
 def test_a_freeze_of_another_agent_does_not_stop_this_one(freeze_state):
-    set_freeze(agent="someone_else", reason="their incident", actor="user:ada")
+    set_freeze(agent="t_protocol", reason="their incident", actor="user:ada")
     run = start_run("f_writer", {"n": 1}, started_by="test")
 
     advance_run(run.id)
@@ -68,8 +68,13 @@ def test_the_freeze_race_no_write_intent_commits_after_the_freeze(freeze_state, 
     first = [start_run("f_writer", {"n": 40}, started_by="test") for _ in range(4)]
     wait_for(lambda: len(intents()) >= 20, what="writes under way")
 
-    set_freeze(reason="stop the world", actor="user:ada")
-    at_freeze = intents()  # every intent committed before the freeze's commit is visible now
+    from django.db import transaction
+
+    with transaction.atomic():
+        set_freeze(reason="stop the world", actor="user:ada")
+        # Under the freeze's lock, before its commit: every intent that got in has committed
+        # (the lock waited for it), and none can commit until after ours.
+        at_freeze = intents()
     late = [start_run("f_writer", {"n": 3}, started_by="test") for _ in range(2)]
     # Reads go on: the late runs read, then wait at their first write.
     for run in late:
@@ -129,3 +134,27 @@ def test_a_freeze_without_a_reason_is_refused_with_a_message(freeze_state, clien
 
     assert b"Not frozen: a freeze needs a reason" in response.content
     assert FreezeState.objects.get(id=1).global_reason == ""
+
+
+def test_without_the_freeze_state_row_writes_refuse_rather_than_race(transactional_db):
+    FreezeState.objects.all().delete()
+    run = start_run("f_writer", {"n": 1}, started_by="test")
+
+    advance_run(run.id)
+
+    run = Run.objects.get(id=run.id)
+    assert run.status == "waiting"
+    assert run.status_reason == "frozen: the freeze state is missing (run manage.py migrate)"
+    assert not JournalEntry.objects.filter(run=run, phase="intent").exists()
+
+
+def test_the_admin_refuses_a_second_freeze_and_an_unknown_agent_on_its_form(freeze_state, client, admin_user):
+    client.force_login(admin_user)
+    client.post("/admin/tools/freeze/add/", {"agent": "", "reason": "first"})
+
+    again = client.post("/admin/tools/freeze/add/", {"agent": "", "reason": "second"}).content.decode()
+    unknown = client.post("/admin/tools/freeze/add/", {"agent": "nobody", "reason": "x"}).content.decode()
+
+    assert "everything is frozen already" in again
+    assert "there is no agent &#x27;nobody&#x27;" in unknown
+    assert Freeze.objects.count() == 1

@@ -235,3 +235,28 @@ def test_a_result_that_breaks_the_output_model_is_a_contract_error_naming_the_fi
     assert Run.objects.get(id=run.id).output == (
         "contract: the result of 't_bad_receipt' does not fit its output model: receipt_id: Field required"
     )
+
+
+def test_a_rule_for_an_agent_that_does_not_exist_is_refused(client, admin_user):
+    sync_tools()
+    client.force_login(admin_user)
+
+    response = client.post("/admin/tools/toolpermission/add/", {
+        "tool": Tool.objects.get(name="send_email").id, "agent": "refund_custmer", "rule": "allow",
+    })
+
+    assert "there is no agent &#x27;refund_custmer&#x27;" in response.content.decode()
+    assert not ToolPermission.objects.exists()
+
+
+def test_an_approval_expiry_under_a_minute_is_refused(client, admin_user):
+    sync_tools()
+    email = Tool.objects.get(name="send_email")
+    client.force_login(admin_user)
+
+    response = client.post(f"/admin/tools/tool/{email.id}/change/", {
+        "enabled": "on", "approval_expiry_seconds": "0",
+        "permissions-TOTAL_FORMS": "0", "permissions-INITIAL_FORMS": "0",
+    })
+
+    assert "an approval needs at least 60 seconds to be seen" in response.content.decode()

@@ -1,11 +1,13 @@
 """Tools and their permissions in the Django admin. Every change of a permission is audited
 with its old and new values."""
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 
 from runs.models import AuditEntry
 from tools.freeze import FreezeError, lift_freeze, set_freeze
-from tools.models import Freeze, Tool, ToolPermission
+from tools.models import Freeze, FreezeState, Tool, ToolPermission, check_agent_name
 
 
 class ToolPermissionInline(admin.TabularInline):
@@ -104,6 +106,28 @@ def _audit_permission_changes(request, formset):
     formset.save_m2m()
 
 
+class FreezeForm(forms.ModelForm):
+    """Checks what set_freeze would refuse, so the admin shows it on the form."""
+
+    class Meta:
+        model = Freeze
+        fields = ["agent", "reason"]
+
+    def clean(self):
+        data = super().clean()
+        agent, reason = (data.get("agent") or "").strip(), (data.get("reason") or "").strip()
+        try:
+            check_agent_name(agent, field="agent")
+        except ValidationError as error:
+            raise error
+        state = FreezeState.objects.filter(id=1).first()
+        if state and (state.global_reason if not agent else state.agents.get(agent)):
+            raise ValidationError(f"{'everything' if not agent else f'agent {agent!r}'} is frozen already")
+        if not reason:
+            raise ValidationError({"reason": "a freeze needs a reason"})
+        return data
+
+
 @admin.register(Freeze)
 class FreezeAdmin(admin.ModelAdmin):
     """The freezes, set and lifted through tools.freeze (never by editing rows)."""
@@ -111,6 +135,7 @@ class FreezeAdmin(admin.ModelAdmin):
     list_display = ["agent_or_all", "reason", "set_by", "set_at", "lifted_by", "lifted_at"]
     list_filter = ["lifted_at"]
     search_fields = ["agent", "reason", "set_by"]
+    form = FreezeForm
     fields = ["agent", "reason"]
     actions = ["lift"]
 
@@ -142,6 +167,10 @@ class FreezeAdmin(admin.ModelAdmin):
     @admin.action(description="Lift the selected freezes", permissions=["add"])
     def lift(self, request, queryset):
         for freeze in queryset.filter(lifted_at__isnull=True):
-            lift_freeze(agent=freeze.agent, actor=f"user:{request.user.get_username()}")
+            try:
+                lift_freeze(agent=freeze.agent, actor=f"user:{request.user.get_username()}")
+            except FreezeError as error:
+                self.message_user(request, f"Not lifted: {error}.", level=messages.ERROR)
+                continue
             AuditEntry.record(request.user, "unfreeze", target=f"agent:{freeze.agent}" if freeze.agent else "everything")
-        self.message_user(request, "Lifted. The runs that waited for the freeze are queued again.")
+            self.message_user(request, f"Lifted the freeze of {freeze.agent or 'every agent'}; its runs are queued again.")

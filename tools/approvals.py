@@ -39,14 +39,13 @@ def request_for(run_id, seq, *, tool_name, agent, args, args_hash):
     tool = Tool.objects.filter(name=tool_name).first()
     expiry = tool.approval_expiry_seconds if tool else 3600
     spec = TOOLS[tool_name]
-    run = Run.objects.only("started_by").get(id=run_id)
     try:
         with transaction.atomic():
             approval = Approval.objects.create(
                 run_id=run_id, seq=seq, tool=tool_name, agent=agent, effect=spec.effect,
-                args=redact(tool_name, args), args_hash=args_hash,
+                args=redact(tool_name, args), private_args=args, args_hash=args_hash,
                 compensation=spec.compensation.tool if spec.compensation else "",
-                started_by=run.started_by, expires_at=timezone.now() + timedelta(seconds=expiry),
+                started_by=_who_started(run_id), expires_at=timezone.now() + timedelta(seconds=expiry),
             )
     except IntegrityError:  # another worker made it a moment ago
         return Approval.objects.get(run_id=run_id, seq=seq)
@@ -54,11 +53,27 @@ def request_for(run_id, seq, *, tool_name, agent, args, args_hash):
     return approval
 
 
-def arguments_to_run(approval, original_args):
-    """What the tool is called with: the edited arguments, with redacted values kept as asked."""
+def _who_started(run_id):
+    """Who started the run's tree: a child run's approvals answer to its root's starter, so
+    four-eyes cannot be bypassed through a child run."""
+    run = Run.objects.only("started_by", "parent_id").get(id=run_id)
+    for _ in range(100):
+        if run.parent_id is None:
+            break
+        run = Run.objects.only("started_by", "parent_id").get(id=run.parent_id)
+    return run.started_by
+
+
+def arguments_to_run(approval):
+    """What the tool is called with: the edited arguments, where redacted values stand for what
+    the agent asked."""
     if approval.edited_args is None:
-        return original_args
-    return {key: (original_args.get(key) if value == REDACTED else value) for key, value in approval.edited_args.items()}
+        return approval.private_args
+    return _merge(approval, approval.edited_args)
+
+
+def _merge(approval, edited):
+    return {key: (approval.private_args.get(key) if value == REDACTED else value) for key, value in edited.items()}
 
 
 def decide(approval_id, decision, *, user, reason="", edited_args_text=None, shown_hash):
@@ -83,7 +98,7 @@ def decide(approval_id, decision, *, user, reason="", edited_args_text=None, sho
             if settings.APPROVALS_FORBID_SELF and approval.started_by == f"user:{username}":
                 raise ApprovalError("you started this run, and a run's starter may not approve its own steps")
             if decision == "approve" and edited_args_text is not None and edited_args_text.strip():
-                approval.edited_args = _validated_edit(approval.tool, edited_args_text)
+                approval.edited_args = _validated_edit(approval, edited_args_text)
             approval.status = A.APPROVED if decision == "approve" else A.DENIED
             approval.decided_by = f"user:{username}"
             approval.decided_at = timezone.now()
@@ -99,19 +114,24 @@ def decide(approval_id, decision, *, user, reason="", edited_args_text=None, sho
     return approval
 
 
-def _validated_edit(tool_name, text):
+def _validated_edit(approval, text):
+    """The edit as stored (secrets still ***), after checking the merged arguments."""
     try:
         edited = json.loads(text)
     except json.JSONDecodeError as error:
         raise ApprovalError(f"the edited arguments are not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
     if not isinstance(edited, dict):
         raise ApprovalError("the edited arguments must be a JSON object, one field per argument")
-    spec = TOOLS[tool_name]
-    checked = {key: ("x" if value == REDACTED else value) for key, value in edited.items()}
+    spec = TOOLS[approval.tool]
+    changed_secrets = sorted(k for k in spec.sensitive if k in edited and edited[k] != REDACTED)
+    if changed_secrets:
+        raise ApprovalError(
+            f"sensitive fields cannot be edited here ({', '.join(changed_secrets)}): leave them as ***"
+        )
     try:
-        spec.input_model.model_validate(checked)
+        spec.input_model.model_validate(_merge(approval, edited))
     except ValidationError as error:
-        raise ApprovalError(f"the edited arguments do not fit {tool_name!r}: {describe(error)}") from None
+        raise ApprovalError(f"the edited arguments do not fit {approval.tool!r}: {describe(error)}") from None
     return edited
 
 
@@ -128,6 +148,16 @@ def _wake(approval, *, actor):
     transition(approval.run_id, RunStatus.QUEUED, expect={RunStatus.WAITING}, actor=actor,
                reason=f"approval of step {approval.seq} {approval.status}")
     live.changed(approval.run_id)
+
+
+def wake_decided():
+    """For the sweeper: runs still waiting for a request that was decided (a lost wake-up)."""
+    waiting = Run.objects.filter(status=RunStatus.WAITING, status_reason__startswith="waiting for approval",
+                                 approvals__status__in=[A.APPROVED, A.DENIED, A.EXPIRED])
+    for run_id in waiting.values_list("id", flat=True).distinct():
+        if not Approval.objects.filter(run_id=run_id, status=A.PENDING).exists():
+            transition(run_id, RunStatus.QUEUED, expect={RunStatus.WAITING}, actor="system:sweeper",
+                       reason="its approval request was decided")
 
 
 def expire_overdue():

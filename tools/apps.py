@@ -9,5 +9,12 @@ class ToolsConfig(AppConfig):
     def ready(self):
         from tools.sync import sync_tools
 
-        # After every migrate; `manage.py serve` and the workers' start call it too.
-        post_migrate.connect(lambda sender, **kw: sync_tools(), sender=self, dispatch_uid="tools.sync_tools", weak=False)
+        def after_migrate(sender, **kwargs):
+            from tools.models import FreezeState
+
+            sync_tools()
+            # The freeze state row every write intent locks (a flush removes it; so bring it back).
+            FreezeState.objects.get_or_create(id=1)
+
+        # After every migrate (and the test runner's flush); `manage.py serve` syncs tools too.
+        post_migrate.connect(after_migrate, sender=self, dispatch_uid="tools.after_migrate", weak=False)

@@ -14,7 +14,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from runs.models import Run, RunStatus, transition
-from tools.models import Freeze, FreezeState
+from django.core.exceptions import ValidationError
+
+from tools.models import Freeze, FreezeState, check_agent_name
 
 FROZEN = "frozen"
 
@@ -33,6 +35,10 @@ def set_freeze(*, agent="", reason, actor):
     reason = reason.strip()
     if not reason:
         raise FreezeError("a freeze needs a reason: operators and agents' runs see it")
+    try:
+        check_agent_name(agent)
+    except ValidationError as error:
+        raise FreezeError(error.messages[0]) from None
     with transaction.atomic():
         state = _state()
         if (state.global_reason if not agent else state.agents.get(agent)):

@@ -6,6 +6,7 @@ Each tool writes them in its own transaction, as a remote call would, never insi
 
 from typing import NamedTuple
 
+from django.core.validators import MinValueValidator
 from django.db import models
 
 
@@ -91,7 +92,9 @@ class Tool(models.Model):
     enabled = models.BooleanField(default=True)
     # False when the code no longer registers it (kept: runs and rules may name it).
     registered = models.BooleanField(default=True)
-    approval_expiry_seconds = models.PositiveIntegerField(default=3600)
+    approval_expiry_seconds = models.PositiveIntegerField(
+        default=3600, validators=[MinValueValidator(60, "an approval needs at least 60 seconds to be seen")]
+    )
     synced_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -126,6 +129,17 @@ class Tool(models.Model):
         if self.effect == Effect.WRITE and self.reversible:
             return Rule.ALLOW
         return Rule.REQUIRE_APPROVAL
+
+
+def check_agent_name(agent, field=None):
+    """A rule or a freeze for an agent that does not exist would silently do nothing."""
+    from django.core.exceptions import ValidationError
+
+    from runs.agents import AGENTS
+
+    if agent and agent not in AGENTS:
+        message = f"there is no agent {agent!r} (known agents: {', '.join(sorted(AGENTS))})"
+        raise ValidationError({field: message} if field else message)
 
 
 class Rule(models.TextChoices):
@@ -191,6 +205,9 @@ class ToolPermission(models.Model):
 
     def __str__(self):
         return f"{self.tool.name}: {self.get_rule_display()} for {self.agent or 'every agent'}"
+
+    def clean(self):
+        check_agent_name(self.agent, field="agent")
 
     def as_dict(self):
         return {"tool": self.tool.name, "agent": self.agent, "rule": self.rule,
@@ -267,6 +284,8 @@ class Approval(models.Model):
     effect = models.CharField(max_length=8, choices=Effect.choices)
     # As shown to people: sensitive fields redacted.
     args = models.JSONField()
+    # As the agent asked, secrets included: never shown; used to check and make the call.
+    private_args = models.JSONField(default=dict)
     # The hash of what the agent asked for: a decision is bound to it.
     args_hash = models.CharField(max_length=64)
     # Set when an approver changed the arguments (validated against the tool's schema).

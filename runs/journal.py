@@ -392,14 +392,15 @@ class Context:
         return self._recover_in_doubt(step, last)
 
     def _check_same_step(self, step, recorded):
-        if (recorded.kind, recorded.name, recorded.args_hash) == (step.kind, step.name, step.args_hash):
-            return
-        was = describe_step(recorded.kind, recorded.name, recorded.args_hash)
-        now = describe_step(step.kind, step.name, step.args_hash)
+        if (recorded.kind, recorded.name, recorded.args_hash) != (step.kind, step.name, step.args_hash):
+            self._nondeterminism(step, "the journal has", recorded.kind, recorded.name, recorded.args_hash)
+
+    def _nondeterminism(self, step, source, kind, name, hash_):
+        """The code asks, at this seq, for another step than the one recorded: a person decides."""
         raise NeedsAttention(
-            f"nondeterminism at step {self.seq}: the journal has {was}, "
-            f"but the code now asks for {now}. The agent's code changed under a "
-            "live run; cancel the run, or restore the code that started it.",
+            f"nondeterminism at step {self.seq}: {source} {describe_step(kind, name, hash_)}, "
+            f"but the code now asks for {describe_step(step.kind, step.name, step.args_hash)}. The "
+            "agent's code changed under a live run; cancel the run, or restore the code that started it.",
             self.seq,
         )
 
@@ -490,13 +491,7 @@ class Context:
         )
         if (approval.tool, approval.args_hash) != (step.name, step.args_hash):
             # The request was made for another call at this seq: the code changed under the run.
-            was = describe_step(K.TOOL, approval.tool, approval.args_hash)
-            raise NeedsAttention(
-                f"nondeterminism at step {self.seq}: an approval was requested for {was}, but the "
-                f"code now asks for {describe_step(step.kind, step.name, step.args_hash)}. Cancel "
-                "the run, or restore the code that started it.",
-                self.seq,
-            )
+            self._nondeterminism(step, "an approval was requested for", K.TOOL, approval.tool, approval.args_hash)
         if approval.status == A.PENDING and approval.expires_at <= tz.now():
             approvals.expire_overdue()
             approval.refresh_from_db()

@@ -233,29 +233,23 @@ def test_four_eyes_follows_a_child_run_to_whoever_started_its_parent(operator):
 
 
 def test_a_decision_made_before_the_run_waits_is_not_lost(admin_user):
-    from runs.engine import claim, execute
+    """The window: the worker has made the request and is about to move the run to waiting;
+    an operator decides in between. The move must see the decision, or nobody wakes the run."""
+    from runs.engine import _wait, claim
+    from runs.journal import Wait
 
     run = start_run("t_deleter", {"value": 1}, started_by="test")
-    # The worker makes the request; a fast operator decides before the run is moved to waiting.
     lease = claim(run.id, "slow-worker")
-    from tools import approvals as approvals_module
+    from tools.approvals import request_for
 
-    real_request_for = approvals_module.request_for
+    approval = request_for(run.id, 1, tool_name="t_delete", agent="t_deleter", args={"value": 1},
+                           args_hash="a" * 64)
+    decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash)
 
-    def request_then_decide(*args, **kwargs):
-        made = real_request_for(*args, **kwargs)
-        decide(made.id, "approve", user=admin_user, shown_hash=made.args_hash)
-        made.refresh_from_db()
-        made.status = "pending"  # what the worker saw a moment before the decision
-        return made
+    moved = _wait(run.id, Wait("waiting for approval", approval_id=approval.id),
+                  dict(epoch=lease.epoch, actor="worker:slow-worker"))
 
-    approvals_module.request_for = request_then_decide
-    try:
-        assert execute(lease) == "queued"  # not waiting: the decision was seen under the lock
-    finally:
-        approvals_module.request_for = real_request_for
-    advance_run(run.id)
-    assert Run.objects.get(id=run.id).output == {"deleted": 1}
+    assert moved.status == "queued"  # not waiting: the decision was seen under the lock
 
 
 def test_during_a_freeze_no_approval_is_requested(admin_user):

@@ -145,9 +145,11 @@ def _expire(approval):
 
 
 def _wake(approval, *, actor):
-    transition(approval.run_id, RunStatus.QUEUED, expect={RunStatus.WAITING}, actor=actor,
-               reason=f"approval of step {approval.seq} {approval.status}")
-    live.changed(approval.run_id)
+    # transition() publishes the change of a run that moves; one that does not move (not yet
+    # waiting) still has a decided request to show.
+    if not transition(approval.run_id, RunStatus.QUEUED, expect={RunStatus.WAITING}, actor=actor,
+                      reason=f"approval of step {approval.seq} {approval.status}"):
+        live.changed(approval.run_id)
 
 
 def wake_decided():

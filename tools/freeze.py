@@ -75,9 +75,10 @@ def frozen_reason_for(agent):
 def wake_unfrozen(*, actor):
     """Back to the queue: every run that waits for a freeze no longer covering it."""
     woken = 0
+    state = FreezeState.objects.filter(id=1).first()  # once, not once per run
     waiting = Run.objects.filter(status=RunStatus.WAITING, status_reason__startswith=f"{FROZEN}:")
     for run_id, agent in waiting.values_list("id", "agent"):
-        if not frozen_reason_for(agent):
+        if state is None or not state.reason_for(agent):
             if transition(run_id, RunStatus.QUEUED, expect={RunStatus.WAITING}, actor=actor, reason="the freeze was lifted"):
                 woken += 1
     return woken

@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -78,6 +79,18 @@ def wait_for_port(port, process=None, seconds=30):
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing answered on port {port} within {seconds}s")
+
+
+def stop_requested():
+    """A flag set by the first SIGINT (Ctrl-C) or SIGTERM, for commands that stop cleanly."""
+    flag = threading.Event()
+
+    def stop(signum, frame):
+        flag.set()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    return flag
 
 
 def children(pid):

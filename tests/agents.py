@@ -207,10 +207,14 @@ def w_read(args: Blocking) -> dict:
 @tool(effect="write", idempotent=True, compensation=UNDO)
 def w_block(args: Blocking, *, idempotency_key: str) -> dict:
     LedgerCall.objects.create(key=idempotency_key, tool="w_block", executed=True)
-    deadline = time.monotonic() + 120
-    while not Path(args.release).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_for_release(args.release)
     return {"released": True}
+
+
+def _wait_for_release(path, seconds=120):
+    deadline = time.monotonic() + seconds
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @tool(effect="write", compensation=UNDO)
@@ -245,9 +249,7 @@ def w_blocker(ctx, request: Blocking) -> int:
 def w_block_plain(args: Blocking, *, idempotency_key: str) -> dict:
     """A plain (non-idempotent) write that blocks until its release file exists."""
     LedgerCall.objects.create(key=idempotency_key, tool="w_block_plain", executed=True)
-    deadline = time.monotonic() + 120
-    while not Path(args.release).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_for_release(args.release)
     return {"sent": True}
 
 

@@ -5,7 +5,6 @@ that wait: sleeps, backoffs) and the sweeper, which hands back the runs of dead 
 if any of them dies on its own, the others are stopped too and the command fails.
 """
 
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+
+from runs.processes import stop_requested
 
 STOP_GRACE_SECONDS = 10
 
@@ -54,14 +55,7 @@ class Command(BaseCommand):
                 worker.append("--with-scheduler")
             commands[f"worker-{number}"] = worker
 
-        stopping = False
-
-        def stop(signum, frame):
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
+        stopping = stop_requested()
 
         # Each child gets its own session, so Ctrl-C reaches only us and we stop them in order.
         processes = {
@@ -71,11 +65,10 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"agentops is at http://{host}:{port}/"))
         self.stdout.write("Press Ctrl-C to stop the web server and the workers.")
         failed = None
-        while not stopping and failed is None:
+        while failed is None and not stopping.wait(0.2):
             for name, process in processes.items():
                 if process.poll() is not None:
                     failed = name
-            time.sleep(0.2)
         self.stop_all(processes)
         if failed:
             raise CommandError(f"{failed} exited with status {processes[failed].returncode}")

@@ -1,14 +1,13 @@
 """The sweeper: hands back runs whose worker died, wakes overdue runs, re-enqueues lost jobs."""
 
 import logging
-import signal
-import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
 from runs.engine import sweep
+from runs.processes import stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +21,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, once, interval, **options):
         interval = interval or settings.SWEEP_INTERVAL_SECONDS
-        stopping = False
-
-        def stop(signum, frame):
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        stopping = stop_requested()
         while True:
             close_old_connections()
             try:
@@ -40,8 +32,5 @@ class Command(BaseCommand):
                 handed_back = 0
             if handed_back:
                 self.stdout.write(f"handed back {handed_back} run(s) whose worker stopped")
-            if once or stopping:
+            if once or stopping.wait(interval):
                 return
-            deadline = time.monotonic() + interval
-            while not stopping and time.monotonic() < deadline:
-                time.sleep(0.1)

@@ -49,6 +49,17 @@ def expire_lease_and_sweep(run):
     return run
 
 
+def plain_write_in_doubt(when):
+    """A t_protocol run whose plain write (step 4) died "before" or "after" its effect, taken
+    over by another worker: it needs attention."""
+    CRASH["t_plain"] = when
+    run = crash(start("t_protocol", {"value": 2}))
+    del CRASH["t_plain"]
+    run = advance(expire_lease_and_sweep(run))
+    assert run.status == "needs_attention"
+    return run
+
+
 def rows(run, **filters):
     return list(JournalEntry.objects.filter(run=run, **filters).order_by("seq", "attempt", "id"))
 
@@ -170,10 +181,7 @@ def test_a_plain_write_in_doubt_needs_attention_and_names_the_decision():
 
 
 def test_an_operator_says_it_happened_and_the_agent_receives_the_result():
-    CRASH["t_plain"] = "after"
-    run = crash(start("t_protocol", {"value": 2}))
-    del CRASH["t_plain"]
-    run = advance(expire_lease_and_sweep(run))
+    run = plain_write_in_doubt("after")
 
     resolve_step(run.id, 4, Decision.HAPPENED, actor="user:otto", result={"plain": 2, "by": "otto"},
                  reason="the email is in the sent folder")
@@ -187,10 +195,7 @@ def test_an_operator_says_it_happened_and_the_agent_receives_the_result():
 
 
 def test_an_operator_says_run_it_again_and_it_runs_with_the_same_key():
-    CRASH["t_plain"] = "before"
-    run = crash(start("t_protocol", {"value": 2}))
-    del CRASH["t_plain"]
-    run = advance(expire_lease_and_sweep(run))
+    run = plain_write_in_doubt("before")
 
     resolve_step(run.id, 4, Decision.RUN_AGAIN, actor="user:otto", reason="not in the mail log")
     run = advance(run)
@@ -203,10 +208,7 @@ def test_an_operator_says_run_it_again_and_it_runs_with_the_same_key():
 
 
 def test_an_operator_fails_the_step_and_the_agent_receives_the_reason():
-    CRASH["t_plain"] = "after"
-    run = crash(start("t_protocol", {"value": 2}))
-    del CRASH["t_plain"]
-    run = advance(expire_lease_and_sweep(run))
+    run = plain_write_in_doubt("after")
 
     with pytest.raises(ValueError, match="needs a reason"):
         resolve_step(run.id, 4, Decision.FAIL, actor="user:otto")
@@ -225,10 +227,7 @@ def test_a_decision_on_a_run_that_waits_for_none_is_refused():
 
 
 def test_a_decision_on_the_wrong_step_names_the_step_in_doubt():
-    CRASH["t_plain"] = "after"
-    run = crash(start("t_protocol", {"value": 2}))
-    del CRASH["t_plain"]
-    run = advance(expire_lease_and_sweep(run))
+    run = plain_write_in_doubt("after")
 
     with pytest.raises(ValueError, match="step 3 is not in doubt; step 4 is"):
         resolve_step(run.id, 3, Decision.HAPPENED, actor="user:otto", result={})

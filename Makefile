@@ -14,7 +14,7 @@ screenshots: export DEBUG ?= 1
 test: export DEBUG ?= 0
 test: export SECRET_KEY ?= insecure-key-for-the-test-suite-only
 
-.PHONY: up test services screenshots clean
+.PHONY: up test services chromium screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,24 @@ up: services
 	$(PY) manage.py seed_demo
 	$(PY) manage.py serve
 
-test: services
+test: services chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The browser tests drive Debian's Chromium. Install it where we may (root, or sudo without a
+# password); anywhere else, stop at once with the one command to run.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then \
+	    echo "Installing Debian's chromium for the browser tests"; \
+	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "The browser tests need Debian's Chromium at /usr/bin/chromium: run 'sudo apt-get install chromium', then make test again." >&2; \
+	    exit 1; \
+	  fi; }
+	@test -x /usr/bin/chromium
 
 # docs/screenshots/*.png, from the demo data, in a database of their own.
 screenshots: services

@@ -72,7 +72,7 @@ def database_from_url(name, url):
     except ValueError:
         raise ImproperlyConfigured(f"{name}={url!r} has a port that is not a number") from None
     options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-    # The journal's writes are prepared statements (runs/journal.py). Behind a pooler that
+    # The journal's writes are prepared statements (runs/recorder.py). Behind a pooler that
     # cannot keep them (PgBouncer in transaction mode), add ?prepare_threshold=none to the URL.
     threshold = options.pop("prepare_threshold", "5").strip().lower()
     if threshold not in ("none", "") and not threshold.isdigit():

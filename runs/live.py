@@ -62,6 +62,10 @@ class Publisher(threading.Thread):
             batch = set(items)  # one message per changed run, however many changes
             try:
                 loop.run_until_complete(self._send(layer, batch))
+            except BaseException:
+                # A page that misses this message catches up at its next one or its reconnect;
+                # a publisher that died would silence this process for good.
+                log.exception("could not publish the changes of %d run(s)", len(batch))
             finally:
                 for _ in items:
                     self.queue.task_done()
@@ -94,7 +98,7 @@ def _get_publisher():
     global _publisher, _publisher_pid
     with _lock:
         # A forked work horse inherits the variable but not the thread: start its own.
-        if _publisher is None or _publisher_pid != os.getpid():
+        if _publisher is None or _publisher_pid != os.getpid() or not _publisher.is_alive():
             _publisher = Publisher()
             _publisher_pid = os.getpid()
             _publisher.start()
@@ -115,5 +119,6 @@ def flush(timeout=2.0):
     publisher.hurry.set()  # no batching while we wait
     done = threading.Event()
     threading.Thread(target=lambda: (publisher.queue.join(), done.set()), daemon=True).start()
-    done.wait(timeout)
+    if not done.wait(timeout):
+        log.warning("live updates not yet published after %gs; open pages see them at their next change", timeout)
     publisher.hurry.clear()

@@ -1,17 +1,18 @@
 """Runs, their journal and their event record.
 
 The rules that must never break are kept by the database itself (see the migrations): a run's
-status is one of RunStatus and changes only along TRANSITIONS; journal and event rows can be
+status is one of RunStatus and changes only along runs.moves.TRANSITIONS; a waiting run says
+what it waits for; journal and event rows can be
 inserted but never updated or deleted; a lease exists exactly while a run is running.
 """
 
 import uuid
 
-from django.db import models, transaction
 from django.contrib.postgres.indexes import GinIndex, OpClass
+from django.db import models
 from django.db.models.functions import Cast, Now, Upper
-
-from runs import live
+from django.urls import reverse
+from django.utils import timezone
 
 
 class RunStatus(models.TextChoices):
@@ -29,28 +30,8 @@ class RunStatus(models.TextChoices):
 
 
 S = RunStatus
-# Every legal move of a run's status. A trigger in the database refuses any other (migration
-# 0002 writes this table into it; a test checks that the two agree).
-TRANSITIONS = {
-    S.QUEUED: {S.RUNNING, S.PAUSED, S.CANCELLED},
-    # running -> queued: the lease expired (the worker died) and the sweeper hands it back.
-    S.RUNNING: {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.WAITING, S.PAUSED, S.NEEDS_ATTENTION, S.QUEUED},
-    S.WAITING: {S.QUEUED, S.PAUSED, S.CANCELLED},
-    S.PAUSED: {S.QUEUED, S.CANCELLED, S.COMPENSATING},
-    # needs_attention -> queued: an operator resolved the step in doubt.
-    S.NEEDS_ATTENTION: {S.QUEUED, S.CANCELLED, S.COMPENSATING},
-    S.SUCCEEDED: set(),
-    S.FAILED: {S.COMPENSATING},
-    S.CANCELLED: {S.COMPENSATING},
-    S.COMPENSATING: {S.COMPENSATED, S.COMPENSATION_FAILED},
-    S.COMPENSATED: set(),
-    S.COMPENSATION_FAILED: set(),
-}
+# Statuses a run never leaves on its own. (Which moves are legal: runs.moves.TRANSITIONS.)
 FINISHED = {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.COMPENSATED, S.COMPENSATION_FAILED}
-
-
-class IllegalTransition(Exception):
-    pass
 
 
 class Requested(models.TextChoices):
@@ -61,12 +42,21 @@ class Requested(models.TextChoices):
     CANCEL = "cancel"
 
 
+class WaitKind(models.TextChoices):
+    """What a waiting run waits for. Its reference (Run.wait_ref) says which one."""
+
+    SLEEP = "sleep"  # until Run.wake_at
+    CHILD = "child"  # for the child run whose id is the reference to finish
+    APPROVAL = "approval"  # for a person's decision on the Approval whose id is the reference
+    FREEZE = "freeze"  # for the freeze that covers the run's agent to lift
+
+
 class RunQuerySet(models.QuerySet):
     def lease_expired(self):
         return self.filter(status=S.RUNNING, lease_expires_at__lt=Now())
 
-    def overdue(self):
-        return self.filter(status=S.WAITING, wake_at__lt=Now())
+    def waiting_for(self, kind):
+        return self.filter(status=S.WAITING, wait_kind=kind)
 
 
 class Run(models.Model):
@@ -79,7 +69,8 @@ class Run(models.Model):
     output = models.JSONField(null=True, blank=True)
     # {"type": ..., "message": ...} for a failed run.
     error = models.JSONField(null=True, blank=True)
-    # Why the run is where it is: what it waits for, what needs attention. Empty otherwise.
+    # Why the run is where it is, for people: what it waits for, what needs attention. Nothing
+    # decides on this text; what a waiting run waits for is wait_kind and wait_ref.
     status_reason = models.TextField(blank=True, default="")
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
     # Who or what started it: "user:NAME", "cli", or "run:PARENT-ID".
@@ -91,6 +82,9 @@ class Run(models.Model):
     requested = models.CharField(
         max_length=8, choices=Requested.choices, default=Requested.NOTHING, blank=True
     )
+    # While waiting: what for (runs.waits), and which one (a run id, an approval id).
+    wait_kind = models.CharField(max_length=16, choices=WaitKind.choices, blank=True, default="")
+    wait_ref = models.CharField(max_length=64, blank=True, default="")
     wake_at = models.DateTimeField(null=True, blank=True)
 
     # The lease: who advances the run now, until when, and the epoch that fences every write.
@@ -139,6 +133,20 @@ class Run(models.Model):
                 name="run_wake_at_only_while_waiting",
                 condition=models.Q(wake_at__isnull=True) | models.Q(status=S.WAITING),
             ),
+            # A waiting run always says what it waits for, and only a waiting run does.
+            models.CheckConstraint(
+                name="run_wait_only_while_waiting",
+                condition=(models.Q(status=S.WAITING) & ~models.Q(wait_kind=""))
+                | (~models.Q(status=S.WAITING) & models.Q(wait_kind="", wait_ref="")),
+            ),
+            models.CheckConstraint(
+                name="run_wait_kind_valid", condition=models.Q(wait_kind__in=["", *WaitKind.values])
+            ),
+            # A sleep knows when it ends.
+            models.CheckConstraint(
+                name="run_sleep_has_wake_at",
+                condition=~models.Q(wait_kind=WaitKind.SLEEP) | models.Q(wake_at__isnull=False),
+            ),
             models.UniqueConstraint(
                 name="run_idempotency_key_unique",
                 fields=["idempotency_key"],
@@ -166,6 +174,11 @@ class Run(models.Model):
             models.Index(
                 name="run_wake_at_idx", fields=["wake_at"], condition=models.Q(status=S.WAITING)
             ),
+            # The wakers and the sweeper: the runs waiting for one kind of event (and one ref).
+            models.Index(
+                name="run_waiting_for_idx", fields=["wait_kind", "wait_ref"],
+                condition=models.Q(status=S.WAITING),
+            ),
             models.Index(
                 name="run_queued_idx", fields=["updated_at"], condition=models.Q(status=S.QUEUED)
             ),
@@ -179,87 +192,13 @@ class Run(models.Model):
         return self.status in FINISHED
 
     def get_absolute_url(self):
-        from django.urls import reverse
-
         return reverse("runs:detail", args=[self.id])
 
     @property
     def duration(self):
         if self.started_at is None:
             return None
-        from django.utils import timezone
-
         return (self.finished_at or timezone.now()) - self.started_at
-
-
-_TRANSITION_FIELDS = [
-    "status", "lease_owner", "lease_expires_at", "requested", "wake_at", "status_reason",
-    "finished_at", "updated_at",
-]
-
-
-def transition(run_id, to, *, actor, reason="", epoch=None, expect=None, lease_expired=False, **fields):
-    """Move a run to status `to`, in one transaction with its event row.
-
-    The row is locked (FOR UPDATE: a journal write in flight finishes first, and any later one
-    sees the new state). An illegal move raises IllegalTransition (the database would refuse it
-    too). With `epoch`, the move is made only by the lease holder of that epoch; with `expect`,
-    only from one of those statuses; with `lease_expired`, only if the lease has expired by the
-    database's clock. Returns the updated run, or None when a condition no longer holds.
-
-    Rules that go with every move live here, so no caller can forget them:
-    - a pause or cancel an operator asked of a running run is honoured when it leaves running
-      for the queue or a wait: it becomes paused or cancelled instead;
-    - a child run that finishes wakes its parent, if the parent waits.
-    """
-    with transaction.atomic():
-        run = Run.objects.select_for_update().get(id=run_id)
-        if epoch is not None and (run.lease_epoch != epoch or run.status != S.RUNNING):
-            return None
-        if expect is not None and run.status not in expect:
-            return None
-        if lease_expired and not Run.objects.filter(id=run_id, lease_expires_at__lt=Now()).exists():
-            return None
-        if run.status == S.RUNNING and run.requested and to in (S.QUEUED, S.WAITING):
-            to = S.CANCELLED if run.requested == Requested.CANCEL else S.PAUSED
-            reason = f"{to} by an operator's request (the run was about to {reason or 'wait'})"
-            fields.pop("wake_at", None)
-        if to not in TRANSITIONS[run.status]:
-            raise IllegalTransition(f"a {run.get_status_display().lower()} run cannot become {to}")
-        previous = run.status
-        run.status = to
-        if to != S.RUNNING:
-            run.lease_owner, run.lease_expires_at, run.requested = "", None, Requested.NOTHING
-        if to != S.WAITING:
-            run.wake_at = None
-        run.status_reason = reason if to in (S.WAITING, S.PAUSED, S.NEEDS_ATTENTION) else ""
-        for name, value in fields.items():
-            setattr(run, name, value)
-        if to in FINISHED:
-            run.finished_at = Now()
-        run.save(update_fields=[*_TRANSITION_FIELDS, *fields])
-        RunEvent.objects.create(
-            run=run, kind=RunEvent.Kind.TRANSITION, from_status=previous, to_status=to,
-            actor=actor, reason=reason,
-        )
-        live.changed(run.id)
-        run.refresh_from_db(fields=["finished_at", "updated_at"])
-        if to in FINISHED and run.parent_id:
-            _wake(run.parent_id, actor=f"run:{run.id}", reason=f"child run {run.id} {to}")
-        if run.status in (S.QUEUED,) and previous != S.QUEUED:
-            _enqueue(run.id)
-    return run
-
-
-def _wake(run_id, *, actor, reason):
-    """Back to the queue, if the run waits (a spurious wake is harmless: the replay waits again)."""
-    transition(run_id, S.QUEUED, expect={S.WAITING}, actor=actor, reason=reason)
-
-
-def _enqueue(run_id):
-    from runs.engine import enqueue_advance
-
-    enqueue_advance(run_id)
 
 
 class RunEvent(models.Model):
@@ -363,6 +302,21 @@ class JournalEntry(models.Model):
     def __str__(self):
         return f"{self.run_id} #{self.seq}.{self.attempt} {self.phase} {self.kind} {self.name}"
 
+    @staticmethod
+    def is_open_call(row):
+        """The last row of a step is a tool call's intent: the call may or may not have happened.
+
+        Whoever finds it while no worker is making the call (a replay after a crash, an operator
+        looking at a run that needs attention) has a step in doubt in front of them.
+        """
+        return row.phase == JournalEntry.Phase.INTENT and row.kind == JournalEntry.Kind.TOOL
+
+    @classmethod
+    def in_doubt(cls, run_id):
+        """The intent row of the run's open tool call, or None."""
+        last = cls.objects.filter(run_id=run_id).order_by("-seq", "-attempt", "-id").first()
+        return last if last is not None and cls.is_open_call(last) else None
+
 
 class AuditEntry(models.Model):
     """Append-only record of every operator action: who, what, when, on what, and why."""
@@ -389,8 +343,10 @@ class AuditEntry(models.Model):
         return f"{self.at} {self.username} {self.action} {self.target}"
 
     @classmethod
-    def record(cls, user, action, *, run=None, target="", reason="", details=None):
+    def record(cls, actor, action, *, run_id=None, target="", reason="", details=None):
+        """Called by the service that acts (runs.services, tools.approvals, tools.freeze, the
+        admin's forms), in the transaction of the action itself."""
         return cls.objects.create(
-            username=user.get_username(), action=action, run=run,
-            target=target or (str(run.id) if run else ""), reason=reason, details=details,
+            username=actor.name if actor.is_person else actor.label, action=action, run_id=run_id,
+            target=target or (str(run_id) if run_id else ""), reason=reason, details=details,
         )

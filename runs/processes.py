@@ -122,12 +122,15 @@ def kill_worker(process):
     return forked
 
 
-def use_scratch_database(name, keep=False):
-    """Point this process at a migrated database `name`: new (dropped first if it exists), or
-    with keep=True, the one left by an earlier call.
+def use_scratch_database(purpose, keep=False):
+    """Point this process at a migrated database of its own, named after the configured one
+    and the purpose ("agentops_chaos"): new (dropped first if it exists), or with keep=True,
+    the one left by an earlier call.
 
-    The chaos and benchmark commands work there, never in the dashboard's database.
+    The chaos and benchmark commands work there, never in the dashboard's database; and two
+    checkouts configured with different databases never drop each other's scratch database.
     """
+    name = f"{connection.settings_dict['NAME']}_{purpose}"
     if not keep:
         with connection._nodb_cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -69,7 +69,7 @@ def build_steps(run: Run, rows):
             step.ended_at = None
             if step.kind == JournalEntry.Kind.SLEEP:
                 step.status = "waiting" if run.status == S.WAITING else "sleeping"
-            elif run.status == S.NEEDS_ATTENTION:
+            elif JournalEntry.is_open_call(last) and run.status == S.NEEDS_ATTENTION:
                 step.status = "in_doubt"
             elif run.status != S.RUNNING:
                 step.status = "interrupted"

@@ -3,7 +3,6 @@ import json
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
 from django.db.models import Count, Max, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -11,9 +10,11 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from runs import engine
+from runs import services
+from runs.actors import Actor
 from runs.listing import RunListing
-from runs.models import AuditEntry, IllegalTransition, JournalEntry, Run, RunStatus
+from runs.models import AuditEntry, JournalEntry, Run, RunStatus
+from runs.services import Resolution
 from runs.timeline import build_steps, waterfall
 
 AUDIT_PAGE_SIZE = 100
@@ -73,10 +74,8 @@ def run_context(run: Run, *, user, first_seq=None):
         "in_doubt": in_doubt,
         "pending_approval": run.approvals.filter(status="pending").first(),
         "can": {
-            "pause": user.has_perm("runs.pause_run") and run.status in (RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.WAITING) and run.requested == "",
-            "resume": user.has_perm("runs.resume_run") and run.status == RunStatus.PAUSED,
-            "cancel": user.has_perm("runs.cancel_run") and not run.is_finished and run.requested != "cancel",
-            "resolve": user.has_perm("runs.resolve_step") and in_doubt is not None,
+            action: allowed and user.has_perm(PERMISSIONS[action]) and (action != "resolve" or in_doubt is not None)
+            for action, allowed in services.available_actions(run).items()
         },
     }
 
@@ -112,30 +111,25 @@ def run_detail(request: HttpRequest, run_id) -> HttpResponse:
 # Operator actions: each a POST with CSRF, permission-checked, audited, refused with a message
 # when the run's state does not allow it.
 
-ACTIONS = {
-    "pause": ("runs.pause_run", engine.request_pause),
-    "resume": ("runs.resume_run", engine.resume),
-    "cancel": ("runs.cancel_run", engine.request_cancel),
+PERMISSIONS = {
+    "pause": "runs.pause_run",
+    "resume": "runs.resume_run",
+    "cancel": "runs.cancel_run",
+    "resolve": "runs.resolve_step",
 }
+ACTIONS = {"pause": services.pause, "resume": services.resume, "cancel": services.cancel}
 
 
 @require_POST
 def run_action(request: HttpRequest, run_id, action) -> HttpResponse:
     if action not in ACTIONS:
         raise Http404("no such action")
-    permission, act = ACTIONS[action]
-    if not request.user.has_perm(permission):
+    if not request.user.has_perm(PERMISSIONS[action]):
         raise PermissionDenied
     run = _get_run(run_id)
-    reason = request.POST.get("reason", "").strip()
-    if action == "cancel" and not reason:
-        messages.error(request, "Cancelling needs a reason: say why the run should stop.")
-        return _back_to(request, run)
     try:
-        with transaction.atomic():
-            act(run.id, actor=f"user:{request.user.get_username()}", reason=reason)
-            AuditEntry.record(request.user, action, run=run, reason=reason)
-    except IllegalTransition as error:
+        ACTIONS[action](run.id, actor=Actor.for_user(request.user), reason=request.POST.get("reason", "").strip())
+    except services.ActionRefused as error:
         messages.error(request, f"Not done: {error}.")
     else:
         messages.success(request, ACTION_DONE[action])
@@ -156,7 +150,7 @@ def resolve_step(request: HttpRequest, run_id, seq: int) -> HttpResponse:
     decision = request.POST.get("decision", "")
     reason = request.POST.get("reason", "").strip()
     result = None
-    if decision == engine.Decision.HAPPENED:
+    if decision == Resolution.HAPPENED:
         text = request.POST.get("result", "").strip()
         try:
             result = json.loads(text)
@@ -164,12 +158,8 @@ def resolve_step(request: HttpRequest, run_id, seq: int) -> HttpResponse:
             messages.error(request, f"The result is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); nothing was changed.")
             return _back_to(request, run)
     try:
-        with transaction.atomic():
-            engine.resolve_step(run.id, seq, decision, actor=f"user:{request.user.get_username()}",
-                                result=result, reason=reason)
-            AuditEntry.record(request.user, f"resolve_{decision}", run=run, reason=reason,
-                              details={"seq": seq, "result": result})
-    except (ValueError, IllegalTransition) as error:
+        services.resolve_step(run.id, seq, decision, actor=Actor.for_user(request.user), result=result, reason=reason)
+    except services.ActionRefused as error:
         messages.error(request, f"Not done: {error}.")
     else:
         messages.success(request, DECISION_DONE[decision].format(seq=seq))
@@ -177,9 +167,9 @@ def resolve_step(request: HttpRequest, run_id, seq: int) -> HttpResponse:
 
 
 DECISION_DONE = {
-    engine.Decision.HAPPENED: "Step {seq} recorded as happened; the agent receives your result and the run goes on.",
-    engine.Decision.RUN_AGAIN: "Step {seq} will run again with the same idempotency key; the run is queued.",
-    engine.Decision.FAIL: "Step {seq} failed; the agent receives your reason as the tool's error.",
+    Resolution.HAPPENED: "Step {seq} recorded as happened; the agent receives your result and the run goes on.",
+    Resolution.RUN_AGAIN: "Step {seq} will run again with the same idempotency key; the run is queued.",
+    Resolution.FAIL: "Step {seq} failed; the agent receives your reason as the tool's error.",
 }
 
 

@@ -13,10 +13,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from runs.actors import Actor
 from runs.agents import agent
 from runs.llm import provider
 from tools.models import LedgerCall
 from tools.registry import Compensation, Reconciled, tool
+
+# Who starts the suite's runs, where no person does.
+TEST = Actor.system("test")
 
 CALLS = Counter()
 KEYS = {}  # tool name -> idempotency keys received, in order
@@ -138,6 +142,12 @@ def t_contract(ctx, request: Empty) -> dict:
 
 
 SHIFT = {"second": "sleep"}
+LENGTH = {"reads": 2}  # how many reads t_lengthy makes: a test changes it under a run
+
+
+@agent("t_lengthy")
+def t_lengthy(ctx, request: Empty) -> int:
+    return sum(ctx.tool("t_read", value=n)["read"] for n in range(LENGTH["reads"]))
 
 
 @agent("t_shifty")

@@ -129,7 +129,7 @@ def empty_run_queue():
     The queue and its registries are the keys named after it (rq:queue:NAME,
     rq:scheduled:NAME, ..., and the scheduler's lock, which a killed worker keeps for a minute).
     """
-    from runs.engine import run_queue
+    from runs.queue import run_queue
 
     queue = run_queue()
     keys = list(queue.connection.scan_iter(f"rq:*:{queue.name}"))

@@ -5,16 +5,24 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from runs.engine import advance_run, start_run, sweep
+from runs import moves
+from runs.actors import Actor
+from runs.engine import advance_run, wait_until_settled
 from runs.models import AuditEntry, JournalEntry, Run
+from runs.moves import claim, start_run
+from runs.sweeper import sweep
+from runs.waits import WaitFor
 from tests.agents import CALLS, KEYS
-from tools.approvals import ApprovalError, decide
+from tools.approvals import ApprovalError, decide, request_for
 from tools.models import Approval
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def guarded_run(started_by="user:otto"):
+TEST = Actor.system("test")
+
+
+def guarded_run(started_by=Actor("user", "otto")):
     run = start_run("t_guarded", {"value": 5}, started_by=started_by)
     advance_run(run.id)
     return Run.objects.get(id=run.id)
@@ -23,9 +31,9 @@ def guarded_run(started_by="user:otto"):
 def test_a_call_that_needs_approval_waits_without_starting(operator):
     run = guarded_run()
 
-    assert run.status == "waiting"
-    assert run.status_reason.startswith("waiting for approval of step 1 (t_irreversible)")
     approval = Approval.objects.get(run=run)
+    assert (run.status, run.wait_kind, run.wait_ref) == ("waiting", "approval", str(approval.id))
+    assert run.status_reason.startswith("waiting for approval of step 1 (t_irreversible)")
     assert approval.args == {"value": 5, "card_number": "***"}  # sensitive: redacted
     assert (approval.effect, approval.compensation, approval.started_by) == ("write", "", "user:otto")
     assert not JournalEntry.objects.filter(run=run).exists()
@@ -36,10 +44,10 @@ def test_approve_then_deny_the_agent_goes_on_and_receives_the_reason(operator, a
     run = guarded_run()
     first = Approval.objects.get(run=run)
 
-    decide(first.id, "approve", user=admin_user, shown_hash=first.args_hash)
+    decide(first.id, "approve", actor=Actor.for_user(admin_user), shown_hash=first.args_hash)
     advance_run(run.id)
     second = Approval.objects.get(run=run, seq=2)
-    decide(second.id, "deny", user=admin_user, reason="never delete on a Friday", shown_hash=second.args_hash)
+    decide(second.id, "deny", actor=Actor.for_user(admin_user), reason="never delete on a Friday", shown_hash=second.args_hash)
     advance_run(run.id)
 
     run = Run.objects.get(id=run.id)
@@ -54,7 +62,7 @@ def test_approve_with_edited_arguments_runs_what_was_approved(admin_user):
     run = guarded_run()
     approval = Approval.objects.get(run=run)
 
-    decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash,
+    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash,
            edited_args_text='{"value": 2, "card_number": "***"}')
     advance_run(run.id)
 
@@ -69,9 +77,9 @@ def test_an_edit_that_fails_the_schema_is_refused_and_changes_nothing(admin_user
     approval = Approval.objects.get(run=run)
 
     with pytest.raises(ApprovalError, match="the edited arguments do not fit 't_irreversible': value: Input should be greater than or equal to 0"):
-        decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash, edited_args_text='{"value": -1}')
+        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash, edited_args_text='{"value": -1}')
     with pytest.raises(ApprovalError, match="not valid JSON"):
-        decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash, edited_args_text="{value: 1")
+        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash, edited_args_text="{value: 1")
 
     assert Approval.objects.get(id=approval.id).status == "pending"
 
@@ -79,18 +87,18 @@ def test_an_edit_that_fails_the_schema_is_refused_and_changes_nothing(admin_user
 def test_a_second_decision_is_refused(admin_user):
     run = guarded_run()
     approval = Approval.objects.get(run=run)
-    decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash)
+    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash)
 
     with pytest.raises(ApprovalError, match="already approved by user:ada; a decision is taken once"):
-        decide(approval.id, "deny", user=admin_user, reason="changed my mind", shown_hash=approval.args_hash)
+        decide(approval.id, "deny", actor=Actor.for_user(admin_user), reason="changed my mind", shown_hash=approval.args_hash)
 
 
 def test_approving_your_own_run_is_refused(operator):
-    run = guarded_run(started_by="user:otto")
+    run = guarded_run(started_by=Actor("user", "otto"))
     approval = Approval.objects.get(run=run)
 
     with pytest.raises(ApprovalError, match="you started this run"):
-        decide(approval.id, "approve", user=operator, shown_hash=approval.args_hash)
+        decide(approval.id, "approve", actor=Actor.for_user(operator), shown_hash=approval.args_hash)
 
 
 def test_a_decision_bound_to_other_arguments_is_refused(admin_user):
@@ -98,7 +106,7 @@ def test_a_decision_bound_to_other_arguments_is_refused(admin_user):
     approval = Approval.objects.get(run=run)
 
     with pytest.raises(ApprovalError, match="not the one you were shown"):
-        decide(approval.id, "approve", user=admin_user, shown_hash="0" * 64)
+        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash="0" * 64)
 
 
 def test_approval_after_expiry_is_refused_and_recorded_as_the_systems(admin_user):
@@ -107,7 +115,7 @@ def test_approval_after_expiry_is_refused_and_recorded_as_the_systems(admin_user
     Approval.objects.filter(id=approval.id).update(expires_at=timezone.now() - timedelta(seconds=1))
 
     with pytest.raises(ApprovalError, match="this request expired at"):
-        decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash)
+        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash)
 
     approval.refresh_from_db()
     assert (approval.status, approval.decided_by) == ("expired", "system:expiry")
@@ -131,7 +139,7 @@ def test_the_sweeper_expires_overdue_requests_and_the_run_goes_on():
 def test_sensitive_arguments_never_reach_the_pages(client, admin_user):
     run = guarded_run()
     approval = Approval.objects.get(run=run)
-    decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash)
+    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash)
     advance_run(run.id)
     client.force_login(admin_user)
 
@@ -162,8 +170,8 @@ def test_an_operator_approves_a_delete_and_denies_another_in_the_browser(workers
 
     page.on("dialog", lambda dialog: dialog.accept())
     workers.start()
-    approved = start_run("t_deleter", {"value": 1}, started_by="test")
-    denied = start_run("t_deleter", {"value": 2}, started_by="test")
+    approved = start_run("t_deleter", {"value": 1}, started_by=TEST)
+    denied = start_run("t_deleter", {"value": 2}, started_by=TEST)
     log_in(page, live_server_url, "otto")
     wait_for(lambda: Approval.objects.count() == 2, what="two approval requests")
     page.goto(f"{live_server_url}/tools/approvals/")
@@ -191,8 +199,6 @@ def test_an_operator_approves_a_delete_and_denies_another_in_the_browser(workers
 
 
 def wait_until_settled_ok(run):
-    from runs.engine import wait_until_settled
-
     return wait_until_settled(run.id, timeout=30).output == {"deleted": 1}
 
 
@@ -201,7 +207,7 @@ def test_an_approval_is_bound_to_the_call_it_was_made_for(admin_user):
     approval = Approval.objects.get(run=run)
     # The code changes under the waiting run: the same seq now asks for another call.
     Approval.objects.filter(id=approval.id).update(args_hash="f" * 64)
-    decide(approval.id, "approve", user=admin_user, shown_hash="f" * 64)
+    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash="f" * 64)
 
     advance_run(run.id)
 
@@ -216,12 +222,12 @@ def test_a_secret_cannot_be_edited_into_the_pages(admin_user):
     approval = Approval.objects.get(run=run)
 
     with pytest.raises(ApprovalError, match=r"sensitive fields cannot be edited here \(card_number\): leave them as \*\*\*"):
-        decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash,
+        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash,
                edited_args_text='{"value": 5, "card_number": "5500000000000004"}')
 
 
 def test_four_eyes_follows_a_child_run_to_whoever_started_its_parent(operator):
-    parent = start_run("t_guarded_parent", {"value": 1}, started_by="user:otto")
+    parent = start_run("t_guarded_parent", {"value": 1}, started_by=Actor("user", "otto"))
     advance_run(parent.id)
     child = Run.objects.get(parent=parent)
     advance_run(child.id)
@@ -229,25 +235,19 @@ def test_four_eyes_follows_a_child_run_to_whoever_started_its_parent(operator):
 
     assert approval.started_by == "user:otto"
     with pytest.raises(ApprovalError, match="you started this run"):
-        decide(approval.id, "approve", user=operator, shown_hash=approval.args_hash)
+        decide(approval.id, "approve", actor=Actor.for_user(operator), shown_hash=approval.args_hash)
 
 
 def test_a_decision_made_before_the_run_waits_is_not_lost(admin_user):
     """The window: the worker has made the request and is about to move the run to waiting;
     an operator decides in between. The move must see the decision, or nobody wakes the run."""
-    from runs.engine import _wait, claim
-    from runs.journal import Wait
-
-    run = start_run("t_deleter", {"value": 1}, started_by="test")
+    run = start_run("t_deleter", {"value": 1}, started_by=TEST)
     lease = claim(run.id, "slow-worker")
-    from tools.approvals import request_for
-
     approval = request_for(run.id, 1, tool_name="t_delete", agent="t_deleter", args={"value": 1},
                            args_hash="a" * 64)
-    decide(approval.id, "approve", user=admin_user, shown_hash=approval.args_hash)
+    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash)
 
-    moved = _wait(run.id, Wait("waiting for approval", approval_id=approval.id),
-                  dict(epoch=lease.epoch, actor="worker:slow-worker"))
+    moved = moves.suspend(lease, WaitFor.approval(approval), agent="t_deleter")
 
     assert moved.status == "queued"  # not waiting: the decision was seen under the lock
 
@@ -257,10 +257,11 @@ def test_during_a_freeze_no_approval_is_requested(admin_user):
     from tools.models import FreezeState
 
     FreezeState.objects.get_or_create(id=1)
-    set_freeze(reason="maintenance", actor="user:ada")
-    run = start_run("t_deleter", {"value": 1}, started_by="test")
+    set_freeze(reason="maintenance", actor=Actor("user", "ada"))
+    run = start_run("t_deleter", {"value": 1}, started_by=TEST)
     advance_run(run.id)
 
-    assert Run.objects.get(id=run.id).status_reason == "frozen: maintenance"
+    run = Run.objects.get(id=run.id)
+    assert (run.wait_kind, run.status_reason) == ("freeze", "frozen: maintenance")
     assert not Approval.objects.exists()
-    lift_freeze(actor="user:ada")
+    lift_freeze(actor=Actor("user", "ada"))

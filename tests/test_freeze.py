@@ -2,7 +2,10 @@
 
 import pytest
 
-from runs.engine import advance_run, start_run, wait_until_settled
+from runs.actors import Actor
+from runs.engine import advance_run, wait_until_settled
+from runs.moves import start_run
+from tests.agents import TEST
 from runs.models import JournalEntry, Run
 from tests.conftest import wait_for
 from tools.freeze import FreezeError, lift_freeze, set_freeze
@@ -21,8 +24,8 @@ def intents(**filters):
 
 
 def test_a_frozen_run_waits_before_its_first_write_and_goes_on_when_lifted(freeze_state):
-    set_freeze(agent="f_writer", reason="code freeze for the release", actor="user:ada")
-    run = start_run("f_writer", {"n": 2}, started_by="test")
+    set_freeze(agent="f_writer", reason="code freeze for the release", actor=Actor("user", "ada"))
+    run = start_run("f_writer", {"n": 2}, started_by=TEST)
 
     advance_run(run.id)
 
@@ -31,7 +34,7 @@ def test_a_frozen_run_waits_before_its_first_write_and_goes_on_when_lifted(freez
     assert run.status_reason == "frozen: code freeze for the release"
     assert list(JournalEntry.objects.filter(run=run).values_list("seq", "phase", "name")) == [(1, "outcome", "f_read")]
 
-    lift_freeze(agent="f_writer", actor="user:ada")
+    lift_freeze(agent="f_writer", actor=Actor("user", "ada"))
 
     run.refresh_from_db()
     assert run.status == "queued"
@@ -42,8 +45,8 @@ def test_a_frozen_run_waits_before_its_first_write_and_goes_on_when_lifted(freez
 
 
 def test_a_freeze_of_another_agent_does_not_stop_this_one(freeze_state):
-    set_freeze(agent="t_protocol", reason="their incident", actor="user:ada")
-    run = start_run("f_writer", {"n": 1}, started_by="test")
+    set_freeze(agent="t_protocol", reason="their incident", actor=Actor("user", "ada"))
+    run = start_run("f_writer", {"n": 1}, started_by=TEST)
 
     advance_run(run.id)
 
@@ -52,12 +55,12 @@ def test_a_freeze_of_another_agent_does_not_stop_this_one(freeze_state):
 
 def test_bad_freeze_requests_are_refused_by_name(freeze_state):
     with pytest.raises(FreezeError, match="a freeze needs a reason"):
-        set_freeze(reason="  ", actor="user:ada")
-    set_freeze(reason="incident 42", actor="user:ada")
+        set_freeze(reason="  ", actor=Actor("user", "ada"))
+    set_freeze(reason="incident 42", actor=Actor("user", "ada"))
     with pytest.raises(FreezeError, match="everything is frozen already"):
-        set_freeze(reason="again", actor="user:ada")
+        set_freeze(reason="again", actor=Actor("user", "ada"))
     with pytest.raises(FreezeError, match="agent 'x' is not frozen"):
-        lift_freeze(agent="x", actor="user:ada")
+        lift_freeze(agent="x", actor=Actor("user", "ada"))
 
 
 def test_the_freeze_race_no_write_intent_commits_after_the_freeze(freeze_state, workers):
@@ -65,17 +68,17 @@ def test_the_freeze_race_no_write_intent_commits_after_the_freeze(freeze_state, 
     workers.start()
     workers.start(scheduler=False)
     workers.sweeper()
-    first = [start_run("f_writer", {"n": 40}, started_by="test") for _ in range(4)]
+    first = [start_run("f_writer", {"n": 40}, started_by=TEST) for _ in range(4)]
     wait_for(lambda: len(intents()) >= 20, what="writes under way")
 
     from django.db import transaction
 
     with transaction.atomic():
-        set_freeze(reason="stop the world", actor="user:ada")
+        set_freeze(reason="stop the world", actor=Actor("user", "ada"))
         # Under the freeze's lock, before its commit: every intent that got in has committed
         # (the lock waited for it), and none can commit until after ours.
         at_freeze = intents()
-    late = [start_run("f_writer", {"n": 3}, started_by="test") for _ in range(2)]
+    late = [start_run("f_writer", {"n": 3}, started_by=TEST) for _ in range(2)]
     # Reads go on: the late runs read, then wait at their first write.
     for run in late:
         wait_for(lambda: JournalEntry.objects.filter(run=run, name="f_read", phase="outcome").exists(),
@@ -87,7 +90,7 @@ def test_the_freeze_race_no_write_intent_commits_after_the_freeze(freeze_state, 
     assert before_lift == at_freeze, "a write intent was committed after the freeze"
     assert not JournalEntry.objects.filter(run__in=late, phase="intent").exists()
 
-    lift_freeze(actor="user:ada")
+    lift_freeze(actor=Actor("user", "ada"))
     for run in first + late:
         assert wait_until_settled(run.id, timeout=120).status == "succeeded"
 
@@ -106,7 +109,7 @@ def test_an_admin_freezes_from_the_page_a_run_waits_then_finishes_after_the_lift
     expect(page.locator("#freeze-banner")).to_contain_text("Writes are frozen for every agent: database migration in progress")
 
     workers.start()
-    run = start_run("f_writer", {"n": 2}, started_by="user:ada")
+    run = start_run("f_writer", {"n": 2}, started_by=Actor("user", "ada"))
     page.goto(f"{live_server_url}/runs/{run.id}/")
     expect(page.locator("#run-header .reason")).to_have_text("frozen: database migration in progress", timeout=20_000)
     expect(page.locator("#freeze-banner")).to_be_visible()
@@ -138,7 +141,7 @@ def test_a_freeze_without_a_reason_is_refused_with_a_message(freeze_state, clien
 
 def test_without_the_freeze_state_row_writes_refuse_rather_than_race(transactional_db):
     FreezeState.objects.all().delete()
-    run = start_run("f_writer", {"n": 1}, started_by="test")
+    run = start_run("f_writer", {"n": 1}, started_by=TEST)
 
     advance_run(run.id)
 

@@ -11,19 +11,26 @@ import pytest
 from django.utils import timezone
 
 from runs.agents import get_agent
-from runs.engine import (
-    Decision, advance_run, claim, execute, in_doubt_step, request_cancel, request_pause,
-    resolve_step, resume, start_run, sweep, wake_run,
-)
-from runs.journal import Context, Lease, load_journal
-from runs.models import IllegalTransition, JournalEntry, Run, RunEvent, transition
+from runs import moves
+from runs.actors import Actor
+from runs.context import Context
+from runs.engine import advance_run, execute, wake_run
+from runs.models import JournalEntry, Run, RunEvent
+from runs.moves import Lease, claim, start_run
+from runs.recorder import Recorder, load_journal
+from runs.services import ActionRefused, Resolution, resolve_step, resume
+from runs.services import cancel as request_cancel
+from runs.services import pause as request_pause
+from runs.sweeper import sweep
+
+TEST = Actor.system("test")
 from tests.agents import CALLS, CRASH, EFFECTS, KEYS, SHIFT, Crash
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def start(agent, input=None, **kwargs):
-    return start_run(agent, input if input is not None else {}, started_by="test", **kwargs)
+    return start_run(agent, input if input is not None else {}, started_by=TEST, **kwargs)
 
 
 def advance(run):
@@ -96,7 +103,7 @@ def test_replaying_a_finished_run_calls_no_tool_and_no_model():
     agent = get_agent("t_protocol")
 
     # Replay with a lease that holds nothing: any write would be fenced, none is attempted.
-    ctx = Context(Lease(run.id, "replayer", epoch=-1), load_journal(run.id))
+    ctx = Context(Recorder(Lease(run.id, "replayer", epoch=-1), load_journal(run.id), agent=run.agent))
     replayed = agent.dump_output(agent.fn(ctx, agent.parse_input(run.input)))
 
     assert replayed == run.output  # the same clock reading, uuid and model answer too
@@ -177,13 +184,13 @@ def test_a_plain_write_in_doubt_needs_attention_and_names_the_decision():
     assert run.status_reason.startswith("step 4 (write 't_plain') is in doubt")
     assert "it happened (give its result), run it again, or fail it" in run.status_reason
     assert CALLS["t_plain"] == 1
-    assert in_doubt_step(run.id).seq == 4
+    assert JournalEntry.in_doubt(run.id).seq == 4
 
 
 def test_an_operator_says_it_happened_and_the_agent_receives_the_result():
     run = plain_write_in_doubt("after")
 
-    resolve_step(run.id, 4, Decision.HAPPENED, actor="user:otto", result={"plain": 2, "by": "otto"},
+    resolve_step(run.id, 4, Resolution.HAPPENED, actor=Actor("user", "otto"), result={"plain": 2, "by": "otto"},
                  reason="the email is in the sent folder")
     run = advance(run)
 
@@ -197,7 +204,7 @@ def test_an_operator_says_it_happened_and_the_agent_receives_the_result():
 def test_an_operator_says_run_it_again_and_it_runs_with_the_same_key():
     run = plain_write_in_doubt("before")
 
-    resolve_step(run.id, 4, Decision.RUN_AGAIN, actor="user:otto", reason="not in the mail log")
+    resolve_step(run.id, 4, Resolution.RUN_AGAIN, actor=Actor("user", "otto"), reason="not in the mail log")
     run = advance(run)
 
     assert run.status == "succeeded"
@@ -210,9 +217,9 @@ def test_an_operator_says_run_it_again_and_it_runs_with_the_same_key():
 def test_an_operator_fails_the_step_and_the_agent_receives_the_reason():
     run = plain_write_in_doubt("after")
 
-    with pytest.raises(ValueError, match="needs a reason"):
-        resolve_step(run.id, 4, Decision.FAIL, actor="user:otto")
-    resolve_step(run.id, 4, Decision.FAIL, actor="user:otto", reason="customer unsubscribed")
+    with pytest.raises(ActionRefused, match="needs a reason"):
+        resolve_step(run.id, 4, Resolution.FAIL, actor=Actor("user", "otto"))
+    resolve_step(run.id, 4, Resolution.FAIL, actor=Actor("user", "otto"), reason="customer unsubscribed")
     run = advance(run)
 
     assert run.status == "failed"
@@ -222,15 +229,15 @@ def test_an_operator_fails_the_step_and_the_agent_receives_the_reason():
 def test_a_decision_on_a_run_that_waits_for_none_is_refused():
     run = advance(start("t_protocol", {"value": 2}))
 
-    with pytest.raises(IllegalTransition, match="is succeeded, not waiting for a decision"):
-        resolve_step(run.id, 4, Decision.HAPPENED, actor="user:otto", result={})
+    with pytest.raises(ActionRefused, match="is succeeded, not waiting for a decision"):
+        resolve_step(run.id, 4, Resolution.HAPPENED, actor=Actor("user", "otto"), result={})
 
 
 def test_a_decision_on_the_wrong_step_names_the_step_in_doubt():
     run = plain_write_in_doubt("after")
 
-    with pytest.raises(ValueError, match="step 3 is not in doubt; step 4 is"):
-        resolve_step(run.id, 3, Decision.HAPPENED, actor="user:otto", result={})
+    with pytest.raises(ActionRefused, match="step 3 is not in doubt; step 4 is"):
+        resolve_step(run.id, 3, Resolution.HAPPENED, actor=Actor("user", "otto"), result={})
     assert Run.objects.get(id=run.id).status == "needs_attention"
 
 
@@ -250,7 +257,7 @@ def test_a_reconcile_hook_that_fails_sends_the_run_to_a_person():
 def test_a_request_pending_when_the_lease_expires_is_honoured():
     CRASH["t_idem"] = "after"
     run = crash(start("t_protocol", {"value": 1}))
-    request_cancel(run.id, actor="user:otto", reason="stop it")
+    request_cancel(run.id, actor=Actor("user", "otto"), reason="stop it")
     Run.objects.filter(id=run.id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
 
     sweep()
@@ -267,7 +274,7 @@ def test_nondeterminism_is_reported_with_both_steps_named():
     assert run.status == "waiting"
 
     SHIFT["second"] = "tool"  # the code changes under the live run
-    transition(run.id, "queued", actor="test", reason="woken early")
+    moves.move(run.id, "queued", actor=TEST, reason="woken early")
     run = advance(run)
 
     assert run.status == "needs_attention"
@@ -297,15 +304,15 @@ def test_a_sleep_releases_the_worker_and_keeps_its_deadline_on_replay(monkeypatc
     deadline = rows(run, seq=2)[0].args["wake_at"]
 
     # Woken too early (a spurious wake): it waits again, for the same deadline.
-    transition(run.id, "queued", actor="test", expect={"waiting"})
+    moves.move(run.id, "queued", actor=TEST, expect={"waiting"})
     run = advance(run)
     assert run.status == "waiting"
     assert run.wake_at.isoformat() == deadline
 
     later = timezone.now() + timedelta(minutes=2)
     monkeypatch.setattr(timezone, "now", lambda: later)
-    wake_run(run.id)
-    run.refresh_from_db()
+    assert wake_run(run.id) == "woken"
+    run = advance(run)
     assert run.status == "succeeded"
     assert CALLS["t_read"] == 1
 
@@ -320,8 +327,8 @@ def test_a_child_run_is_started_once_and_its_parent_waits_for_it(monkeypatch):
     assert child.status == "waiting"
     later = timezone.now() + timedelta(minutes=1)
     monkeypatch.setattr(timezone, "now", lambda: later)
-    wake_run(child.id)
-    child.refresh_from_db()
+    assert wake_run(child.id) == "woken"
+    child = advance(child)
     assert child.status == "succeeded"
 
     parent.refresh_from_db()
@@ -347,7 +354,7 @@ def test_pause_is_honoured_at_the_next_step_boundary_and_resume_goes_on():
     run = start("t_sleeper", {"seconds": 0, "steps": 3})
     # Claim as a worker would, then ask for a pause while it runs.
     lease = claim(run.id, "test-worker")
-    request_pause(run.id, actor="user:otto", reason="checking something")
+    request_pause(run.id, actor=Actor("user", "otto"), reason="checking something")
 
     assert execute(lease) == "paused"
     run.refresh_from_db()
@@ -355,7 +362,7 @@ def test_pause_is_honoured_at_the_next_step_boundary_and_resume_goes_on():
     assert [(r.seq, r.phase, r.kind) for r in rows(run)] == [(1, "outcome", "tool")]
     assert run.status_reason == "paused by an operator's request"
 
-    resume(run.id, actor="user:otto")
+    resume(run.id, actor=Actor("user", "otto"))
     run = advance(run)
     assert run.status == "succeeded"
     assert CALLS["t_read"] == 3
@@ -369,7 +376,7 @@ def test_pause_is_honoured_at_the_next_step_boundary_and_resume_goes_on():
 def test_cancel_of_a_running_run_stops_before_the_next_intent():
     run = start("t_protocol", {"value": 1})
     lease = claim(run.id, "test-worker")
-    request_cancel(run.id, actor="user:otto", reason="wrong customer")
+    request_cancel(run.id, actor=Actor("user", "otto"), reason="wrong customer")
 
     assert execute(lease) == "cancelled"
     assert [(r.seq, r.phase) for r in rows(run)] == [(1, "outcome")]
@@ -380,7 +387,7 @@ def test_cancel_of_a_waiting_run_is_immediate():
     run = advance(start("t_sleeper", {"seconds": 3600}))
     assert run.status == "waiting"
 
-    request_cancel(run.id, actor="user:otto", reason="not needed")
+    request_cancel(run.id, actor=Actor("user", "otto"), reason="not needed")
     run.refresh_from_db()
 
     assert run.status == "cancelled" and run.wake_at is None

@@ -8,7 +8,9 @@ import statistics
 
 from playwright.sync_api import expect
 
-from runs.engine import start_run, wait_until_settled
+from runs.actors import Actor
+from runs.engine import wait_until_settled
+from runs.moves import start_run
 from runs.models import JournalEntry
 from tests.conftest import PROJECT_DIR, log_in
 
@@ -27,7 +29,7 @@ RECORD_APPEARANCES = """
 def test_commit_to_screen_latency(workers, operator, page, live_server_url):
     log_in(page, live_server_url, "otto")
     workers.start()
-    run = start_run("t_sleeper", {"seconds": 0.3, "steps": 15}, started_by="user:otto")
+    run = start_run("t_sleeper", {"seconds": 0.3, "steps": 15}, started_by=Actor("user", "otto"))
     page.goto(f"{live_server_url}/runs/{run.id}/")
     page.evaluate(RECORD_APPEARANCES)
 

@@ -4,7 +4,10 @@ import re
 
 from playwright.sync_api import expect
 
-from runs.engine import advance_run, start_run
+from runs.actors import Actor
+from runs.engine import advance_run
+from runs.moves import start_run
+from tests.agents import TEST
 from runs.models import AuditEntry, Run, RunEvent
 from tests.conftest import kill_worker, log_in, wait_for
 from tools.models import LedgerCall
@@ -28,7 +31,7 @@ def test_steps_stream_in_and_a_second_tab_sees_the_status_change(workers, operat
     expect(listing.get_by_role("heading", name="No runs yet")).to_be_visible()
     listing.evaluate(NOT_RELOADED)
     workers.start()
-    run = start_run("t_sleeper", {"seconds": 1, "steps": 2}, started_by="user:otto")
+    run = start_run("t_sleeper", {"seconds": 1, "steps": 2}, started_by=Actor("user", "otto"))
 
     open_run(page, live_server_url, run)
     assert page.locator("#step-4").count() == 0  # not there yet: it arrives over the websocket
@@ -52,8 +55,8 @@ def test_pause_resume_and_cancel_are_recorded_with_the_operators_name(workers, o
     accept_dialogs(page)
     log_in(page, live_server_url, "otto")
     workers.start()
-    sleeper = start_run("t_sleeper", {"seconds": 2, "steps": 3}, started_by="user:otto")
-    other = start_run("t_sleeper", {"seconds": 60, "steps": 1}, started_by="user:otto")
+    sleeper = start_run("t_sleeper", {"seconds": 2, "steps": 3}, started_by=Actor("user", "otto"))
+    other = start_run("t_sleeper", {"seconds": 60, "steps": 1}, started_by=Actor("user", "otto"))
 
     open_run(page, live_server_url, sleeper)
     expect(page.locator("#run-header .status")).to_have_text("waiting", timeout=20_000)
@@ -85,7 +88,7 @@ def test_a_step_in_doubt_after_a_kill_is_resolved_from_the_page(workers, operato
     first = workers.start()
     workers.sweeper()
     release = tmp_path / "release"
-    run = start_run("w_plain_blocker", {"value": 3, "release": str(release)}, started_by="user:otto")
+    run = start_run("w_plain_blocker", {"value": 3, "release": str(release)}, started_by=Actor("user", "otto"))
     wait_for(lambda: LedgerCall.objects.filter(key=f"{run.id}:2").exists(), what="the blocking write")
 
     open_run(page, live_server_url, run)
@@ -107,7 +110,7 @@ def test_a_step_in_doubt_after_a_kill_is_resolved_from_the_page(workers, operato
 
 
 def test_a_viewer_sees_no_buttons_and_a_forged_post_is_refused(transactional_db, viewer, page, live_server_url):
-    run = start_run("t_sleeper", {"seconds": 3600}, started_by="test")
+    run = start_run("t_sleeper", {"seconds": 3600}, started_by=TEST)
     advance_run(run.id)
 
     log_in(page, live_server_url, "vera")
@@ -131,7 +134,7 @@ def test_a_viewer_sees_no_buttons_and_a_forged_post_is_refused(transactional_db,
 
 def test_agent_output_is_shown_as_text_never_run(transactional_db, operator, page, live_server_url):
     attack = '<img src=x onerror="window.__attacked = 1"><script>window.__attacked = 2</script>'
-    run = start_run("t_echo_agent", {"text": attack}, started_by="test")
+    run = start_run("t_echo_agent", {"text": attack}, started_by=TEST)
 
     log_in(page, live_server_url, "otto")
     page.goto(f"{live_server_url}/runs/{run.id}/")

@@ -3,10 +3,11 @@
 import pytest
 from django.db import IntegrityError, connection, transaction
 
-from runs.engine import advance_run, start_run
-from runs.models import (
-    TRANSITIONS, IllegalTransition, JournalEntry, Run, RunEvent, RunStatus, transition,
-)
+from runs import moves
+from runs.engine import advance_run
+from runs.models import JournalEntry, Run, RunEvent, RunStatus
+from runs.moves import TRANSITIONS, IllegalTransition, start_run
+from tests.agents import TEST
 
 STATUSES = list(RunStatus.values)
 
@@ -18,9 +19,10 @@ def force_status(run_id, status):
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         cursor.execute("ALTER TABLE runs_run DISABLE TRIGGER run_status_guard")
         cursor.execute(
-            "UPDATE runs_run SET status = %s, requested = '', wake_at = NULL,"
-            " lease_owner = %s, lease_expires_at = CASE WHEN %s THEN now() ELSE NULL END WHERE id = %s",
-            [status, "w" if running else "", running, run_id],
+            "UPDATE runs_run SET status = %s, requested = '', wake_at = NULL, wait_kind = %s,"
+            " wait_ref = '', lease_owner = %s, lease_expires_at = CASE WHEN %s THEN now() ELSE NULL END"
+            " WHERE id = %s",
+            [status, "child" if status == "waiting" else "", "w" if running else "", running, run_id],
         )
         cursor.execute("ALTER TABLE runs_run ENABLE TRIGGER run_status_guard")
 
@@ -30,9 +32,9 @@ def database_allows(run_id, to):
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(
-                "UPDATE runs_run SET status = %s, lease_owner = %s,"
+                "UPDATE runs_run SET status = %s, lease_owner = %s, wait_kind = %s,"
                 " lease_expires_at = CASE WHEN %s THEN now() ELSE NULL END WHERE id = %s",
-                [to, "w" if running else "", running, run_id],
+                [to, "w" if running else "", "child" if to == "waiting" else "", running, run_id],
             )
         return True
     except IntegrityError as error:
@@ -63,7 +65,7 @@ def test_an_illegal_transition_is_refused_in_python_with_a_clear_message():
     run = Run.objects.create(agent="t_protocol", input={}, started_by="test")
 
     with pytest.raises(IllegalTransition, match="a queued run cannot become succeeded"):
-        transition(run.id, RunStatus.SUCCEEDED, actor="test")
+        moves.move(run.id, RunStatus.SUCCEEDED, actor=TEST)
     assert not RunEvent.objects.filter(run=run).exists()
 
 
@@ -78,7 +80,7 @@ def test_a_lease_exists_exactly_while_running():
 
 @pytest.mark.django_db(transaction=True)
 def test_journal_rows_cannot_be_updated_or_deleted():
-    run = start_run("t_protocol", {"value": 1}, started_by="test")
+    run = start_run("t_protocol", {"value": 1}, started_by=TEST)
     advance_run(run.id)
     entry = JournalEntry.objects.filter(run=run).first()
 
@@ -94,7 +96,7 @@ def test_journal_rows_cannot_be_updated_or_deleted():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_run_with_a_journal_cannot_be_deleted():
-    run = start_run("t_protocol", {"value": 1}, started_by="test")
+    run = start_run("t_protocol", {"value": 1}, started_by=TEST)
     advance_run(run.id)
 
     # Straight to the database, past Django's own PROTECT: the foreign key refuses it.

@@ -3,7 +3,10 @@
 import pytest
 from django.contrib.messages import get_messages
 
-from runs.engine import advance_run, start_run
+from runs.actors import Actor
+from runs.engine import advance_run
+from runs.moves import start_run
+from tests.agents import TEST
 from runs.models import AuditEntry, Run
 from tests.agents import CRASH, Crash
 
@@ -15,7 +18,7 @@ def messages_of(response):
 
 
 def waiting_run():
-    run = start_run("t_sleeper", {"seconds": 3600}, started_by="test")
+    run = start_run("t_sleeper", {"seconds": 3600}, started_by=TEST)
     advance_run(run.id)
     return Run.objects.get(id=run.id)
 
@@ -68,18 +71,18 @@ def test_cancel_needs_a_reason(client, operator):
 
     response = client.post(f"/runs/{run.id}/cancel/", {"reason": "  "})
 
-    assert messages_of(response) == ["Cancelling needs a reason: say why the run should stop."]
+    assert messages_of(response) == ["Not done: cancelling needs a reason: say why the run should stop."]
     assert Run.objects.get(id=run.id).status == "waiting"
 
 
 def in_doubt_run():
     CRASH["t_plain"] = "after"
-    run = start_run("t_protocol", {"value": 1}, started_by="test")
+    run = start_run("t_protocol", {"value": 1}, started_by=TEST)
     with pytest.raises(Crash):
         advance_run(run.id)
     del CRASH["t_plain"]
     Run.objects.filter(id=run.id).update(lease_expires_at="2000-01-01T00:00:00Z")
-    from runs.engine import sweep
+    from runs.sweeper import sweep
 
     sweep()
     advance_run(run.id)
@@ -128,8 +131,8 @@ def test_deciding_a_step_is_audited(client, operator):
 
 def test_the_audit_page_filters_by_user_and_action(client, operator, viewer):
     run = waiting_run()
-    AuditEntry.record(operator, "pause", run=run, reason="a")
-    AuditEntry.record(viewer, "cancel", run=run, reason="b")
+    AuditEntry.record(Actor.for_user(operator), "pause", run_id=run.id, reason="a")
+    AuditEntry.record(Actor.for_user(viewer), "cancel", run_id=run.id, reason="b")
     client.force_login(viewer)
 
     by_otto = client.get("/audit/?user=otto").content

@@ -7,8 +7,10 @@ import sys
 import pytest
 
 from runs.agents import InvalidInput, UnknownAgent
-from runs.engine import InvalidIdempotencyKey, start_run
+from runs.moves import InvalidIdempotencyKey, start_run
 from runs.models import Run, RunEvent
+from runs.actors import CLI
+from tests.agents import TEST
 from tests.conftest import PROJECT_DIR, subprocess_env
 
 
@@ -19,16 +21,16 @@ def nothing_was_written():
 @pytest.mark.django_db
 def test_an_unknown_agent_is_refused_by_name():
     with pytest.raises(UnknownAgent, match=r"unknown agent 'no_such_agent' \(known agents: .*refund_customer"):
-        start_run("no_such_agent", {}, started_by="test")
+        start_run("no_such_agent", {}, started_by=TEST)
     assert nothing_was_written()
 
 
 @pytest.mark.django_db
 def test_input_that_fails_the_schema_is_refused_naming_the_field():
     with pytest.raises(InvalidInput, match="input for agent 'refund_customer' is invalid: order_id: Field required"):
-        start_run("refund_customer", {"think_seconds": 1}, started_by="test")
+        start_run("refund_customer", {"think_seconds": 1}, started_by=TEST)
     with pytest.raises(InvalidInput, match="think_seconds: Input should be greater than or equal to 0"):
-        start_run("refund_customer", {"order_id": "A-1001", "think_seconds": -1}, started_by="test")
+        start_run("refund_customer", {"order_id": "A-1001", "think_seconds": -1}, started_by=TEST)
     assert nothing_was_written()
 
 
@@ -36,14 +38,14 @@ def test_input_that_fails_the_schema_is_refused_naming_the_field():
 @pytest.mark.parametrize("key", ["", " spaced key", "-leading-dash", "x" * 201, "key/with/slash", "ünïcode"])
 def test_a_malformed_idempotency_key_is_refused(key):
     with pytest.raises(InvalidIdempotencyKey, match="is malformed"):
-        start_run("refund_customer", {"order_id": "A-1001"}, started_by="test", idempotency_key=key)
+        start_run("refund_customer", {"order_id": "A-1001"}, started_by=TEST, idempotency_key=key)
     assert nothing_was_written()
 
 
 @pytest.mark.django_db
 def test_the_same_key_returns_the_same_run():
-    first = start_run("refund_customer", {"order_id": "A-1001"}, started_by="test", idempotency_key="order-A-1001")
-    again = start_run("refund_customer", {"order_id": "A-1001"}, started_by="test", idempotency_key="order-A-1001")
+    first = start_run("refund_customer", {"order_id": "A-1001"}, started_by=TEST, idempotency_key="order-A-1001")
+    again = start_run("refund_customer", {"order_id": "A-1001"}, started_by=TEST, idempotency_key="order-A-1001")
 
     assert again.id == first.id
     assert Run.objects.count() == 1
@@ -51,16 +53,16 @@ def test_the_same_key_returns_the_same_run():
 
 @pytest.mark.django_db
 def test_the_same_key_with_another_input_is_refused():
-    start_run("refund_customer", {"order_id": "A-1001"}, started_by="test", idempotency_key="order-1")
+    start_run("refund_customer", {"order_id": "A-1001"}, started_by=TEST, idempotency_key="order-1")
 
     with pytest.raises(InvalidIdempotencyKey, match="already started run .* with a different input"):
-        start_run("refund_customer", {"order_id": "A-1002"}, started_by="test", idempotency_key="order-1")
+        start_run("refund_customer", {"order_id": "A-1002"}, started_by=TEST, idempotency_key="order-1")
     assert Run.objects.count() == 1
 
 
 @pytest.mark.django_db
 def test_a_new_run_is_queued_with_its_creation_recorded():
-    run = start_run("refund_customer", {"order_id": "A-1001"}, started_by="cli")
+    run = start_run("refund_customer", {"order_id": "A-1001"}, started_by=CLI)
 
     assert run.status == "queued"
     assert run.input == {"order_id": "A-1001", "think_seconds": 3.0}  # defaults filled in

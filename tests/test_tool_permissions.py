@@ -2,7 +2,10 @@
 
 import pytest
 
-from runs.models import AuditEntry
+from runs.engine import advance_run
+from runs.models import AuditEntry, JournalEntry, Run
+from runs.moves import start_run
+from tests.agents import CALLS, TEST
 from pydantic import BaseModel
 
 from tools.models import Rule, Tool, ToolPermission
@@ -170,12 +173,9 @@ def rule(tool_name, rule_value, agent="", cap=None):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_denied_tool_is_not_called_and_the_agent_receives_why():
-    from runs.engine import advance_run, start_run
-    from runs.models import JournalEntry, Run
-    from tests.agents import CALLS
 
     rule("t_plain", DENY)
-    run = start_run("t_protocol", {"value": 1}, started_by="test")
+    run = start_run("t_protocol", {"value": 1}, started_by=TEST)
 
     advance_run(run.id)
 
@@ -189,12 +189,10 @@ def test_a_denied_tool_is_not_called_and_the_agent_receives_why():
 
 @pytest.mark.django_db(transaction=True)
 def test_an_agents_own_allow_beats_a_global_deny_in_the_engine():
-    from runs.engine import advance_run, start_run
-    from runs.models import Run
 
     rule("t_plain", DENY)
     rule("t_plain", ALLOW, agent="t_protocol")
-    run = start_run("t_protocol", {"value": 1}, started_by="test")
+    run = start_run("t_protocol", {"value": 1}, started_by=TEST)
 
     advance_run(run.id)
 
@@ -203,12 +201,10 @@ def test_an_agents_own_allow_beats_a_global_deny_in_the_engine():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_disabled_tool_is_a_contract_error():
-    from runs.engine import advance_run, start_run
-    from runs.models import Run
 
     sync_tools()
     Tool.objects.filter(name="t_read").update(enabled=False)
-    run = start_run("t_protocol", {"value": 1}, started_by="test")
+    run = start_run("t_protocol", {"value": 1}, started_by=TEST)
 
     advance_run(run.id)
 
@@ -217,11 +213,9 @@ def test_a_disabled_tool_is_a_contract_error():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_cap_on_calls_fails_the_run_with_a_budget_error():
-    from runs.engine import advance_run, start_run
-    from runs.models import Run
 
     rule("f_read", ALLOW, cap=2)
-    run = start_run("f_writer", {"n": 3}, started_by="test")
+    run = start_run("f_writer", {"n": 3}, started_by=TEST)
 
     advance_run(run.id)
 
@@ -233,10 +227,8 @@ def test_a_cap_on_calls_fails_the_run_with_a_budget_error():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_result_that_breaks_the_output_model_is_a_contract_error_naming_the_field():
-    from runs.engine import advance_run, start_run
-    from runs.models import Run
 
-    run = start_run("t_receipts", {"value": 1}, started_by="test")
+    run = start_run("t_receipts", {"value": 1}, started_by=TEST)
     advance_run(run.id)
 
     assert Run.objects.get(id=run.id).output == (

@@ -8,7 +8,9 @@ import os
 import signal
 from pathlib import Path
 
-from runs.engine import start_run, wait_until_settled
+from runs.engine import wait_until_settled
+from runs.moves import start_run
+from tests.agents import TEST
 from runs.models import JournalEntry, Run, RunEvent
 from tests.conftest import children, kill_worker, wait_for
 from tools.models import LedgerCall
@@ -20,7 +22,7 @@ def calls(key):
 
 def start_blocker(tmp_path):
     release = tmp_path / "release"
-    run = start_run("w_blocker", {"value": 7, "release": str(release)}, started_by="test")
+    run = start_run("w_blocker", {"value": 7, "release": str(release)}, started_by=TEST)
     return run, release
 
 
@@ -91,7 +93,7 @@ def _is_zombie(pid):
 
 def test_a_sleep_is_a_scheduled_job_and_the_run_goes_on_after_it(workers):
     workers.start(scheduler=True)
-    run = start_run("t_sleeper", {"seconds": 1, "steps": 2}, started_by="test")
+    run = start_run("t_sleeper", {"seconds": 1, "steps": 2}, started_by=TEST)
 
     run = wait_until_settled(run.id, timeout=60)
 
@@ -106,7 +108,7 @@ def test_a_sleep_is_a_scheduled_job_and_the_run_goes_on_after_it(workers):
 def test_a_parent_run_waits_for_its_child_on_real_workers(workers):
     workers.start(scheduler=True)
     workers.start(scheduler=False)
-    parent = start_run("t_parent", {"value": 4}, started_by="test")
+    parent = start_run("t_parent", {"value": 4}, started_by=TEST)
 
     parent = wait_until_settled(parent.id, timeout=60)
 
@@ -119,7 +121,7 @@ def test_a_parent_run_waits_for_its_child_on_real_workers(workers):
 def test_a_call_longer_than_the_lease_keeps_its_worker_by_heartbeat(workers, tmp_path):
     workers.start()
     workers.sweeper()
-    run = start_run("w_long_call", {"value": 1, "release": str(tmp_path / "unused")}, started_by="test")
+    run = start_run("w_long_call", {"value": 1, "release": str(tmp_path / "unused")}, started_by=TEST)
 
     run = wait_until_settled(run.id, timeout=60)
 

@@ -6,8 +6,9 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
 from runs.models import AuditEntry
-from tools.freeze import FreezeError, lift_freeze, set_freeze
-from tools.models import Freeze, FreezeState, Tool, ToolPermission, check_agent_name
+from runs.actors import Actor
+from tools.freeze import FreezeError, check_freeze, lift_freeze, set_freeze
+from tools.models import Freeze, Tool, ToolPermission
 
 
 class ToolPermissionInline(admin.TabularInline):
@@ -22,7 +23,7 @@ class ToolAdmin(admin.ModelAdmin):
     list_filter = ["effect", "enabled", "registered", "idempotent", "open_world"]
     search_fields = ["name", "description"]
     fields = ["name", "description", "effect", "idempotent", "open_world", "compensation",
-              "sensitive_fields", "timeout_seconds", "annotations", "input_schema", "registered",
+              "sensitive_fields", "annotations", "input_schema", "registered",
               "enabled", "approval_expiry_seconds"]
     readonly_fields = [f for f in fields if f not in ("enabled", "approval_expiry_seconds")]
     inlines = [ToolPermissionInline]
@@ -51,7 +52,7 @@ class ToolAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
         new = {"enabled": obj.enabled, "approval_expiry_seconds": obj.approval_expiry_seconds}
         if old != new:
-            AuditEntry.record(request.user, "change_tool", target=f"tool:{obj.name}", details={"old": old, "new": new})
+            AuditEntry.record(Actor.for_user(request.user), "change_tool", target=f"tool:{obj.name}", details={"old": old, "new": new})
 
     def save_formset(self, request, form, formset, change):
         _audit_permission_changes(request, formset)
@@ -86,7 +87,7 @@ class ToolPermissionAdmin(admin.ModelAdmin):
 def _audit(request, action, new, old):
     subject = new or old
     AuditEntry.record(
-        request.user, action, target=f"tool:{subject.tool.name}",
+        Actor.for_user(request.user), action, target=f"tool:{subject.tool.name}",
         details={"old": old.as_dict() if old else None, "new": new.as_dict() if new else None},
     )
 
@@ -95,13 +96,13 @@ def _audit_permission_changes(request, formset):
     olds = {p.pk: p.as_dict() for p in ToolPermission.objects.filter(pk__in=[f.instance.pk for f in formset.forms if f.instance.pk])}
     instances = formset.save(commit=False)
     for permission in formset.deleted_objects:
-        AuditEntry.record(request.user, "delete_permission", target=f"tool:{permission.tool.name}",
+        AuditEntry.record(Actor.for_user(request.user), "delete_permission", target=f"tool:{permission.tool.name}",
                           details={"old": olds.get(permission.pk), "new": None})
         permission.delete()
     for permission in instances:
         old = olds.get(permission.pk)
         permission.save()
-        AuditEntry.record(request.user, "change_permission" if old else "add_permission",
+        AuditEntry.record(Actor.for_user(request.user), "change_permission" if old else "add_permission",
                           target=f"tool:{permission.tool.name}", details={"old": old, "new": permission.as_dict()})
     formset.save_m2m()
 
@@ -115,16 +116,10 @@ class FreezeForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        agent, reason = (data.get("agent") or "").strip(), (data.get("reason") or "").strip()
         try:
-            check_agent_name(agent, field="agent")
-        except ValidationError as error:
-            raise error
-        state = FreezeState.objects.filter(id=1).first()
-        if state and (state.global_reason if not agent else state.agents.get(agent)):
-            raise ValidationError(f"{'everything' if not agent else f'agent {agent!r}'} is frozen already")
-        if not reason:
-            raise ValidationError({"reason": "a freeze needs a reason"})
+            check_freeze(agent=(data.get("agent") or "").strip(), reason=data.get("reason") or "")
+        except FreezeError as error:
+            raise ValidationError(str(error)) from None
         return data
 
 
@@ -157,20 +152,18 @@ class FreezeAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         try:
-            frozen = set_freeze(agent=obj.agent.strip(), reason=obj.reason, actor=f"user:{request.user.get_username()}")
+            frozen = set_freeze(agent=obj.agent.strip(), reason=obj.reason, actor=Actor.for_user(request.user))
         except FreezeError as error:
             self.message_user(request, f"Not frozen: {error}.", level=messages.ERROR)
             return
         obj.pk = frozen.pk
-        AuditEntry.record(request.user, "freeze", target=f"agent:{obj.agent}" if obj.agent else "everything", reason=obj.reason)
 
     @admin.action(description="Lift the selected freezes", permissions=["add"])
     def lift(self, request, queryset):
         for freeze in queryset.filter(lifted_at__isnull=True):
             try:
-                lift_freeze(agent=freeze.agent, actor=f"user:{request.user.get_username()}")
+                lift_freeze(agent=freeze.agent, actor=Actor.for_user(request.user))
             except FreezeError as error:
                 self.message_user(request, f"Not lifted: {error}.", level=messages.ERROR)
                 continue
-            AuditEntry.record(request.user, "unfreeze", target=f"agent:{freeze.agent}" if freeze.agent else "everything")
             self.message_user(request, f"Lifted the freeze of {freeze.agent or 'every agent'}; its runs are queued again.")

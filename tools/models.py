@@ -6,8 +6,11 @@ Each tool writes them in its own transaction, as a remote call would, never insi
 
 from typing import NamedTuple
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
+
+from runs.agents import AGENTS
 
 
 class SentEmail(models.Model):
@@ -87,7 +90,6 @@ class Tool(models.Model):
     compensation = models.CharField(max_length=200, blank=True, default="")
     sensitive_fields = models.JSONField(default=list, blank=True)
     input_schema = models.JSONField(default=dict, blank=True)
-    timeout_seconds = models.FloatField(null=True, blank=True)
     # Disabled tools fail every call with a contract error.
     enabled = models.BooleanField(default=True)
     # False when the code no longer registers it (kept: runs and rules may name it).
@@ -133,10 +135,6 @@ class Tool(models.Model):
 
 def check_agent_name(agent, field=None):
     """A rule or a freeze for an agent that does not exist would silently do nothing."""
-    from django.core.exceptions import ValidationError
-
-    from runs.agents import AGENTS
-
     if agent and agent not in AGENTS:
         message = f"there is no agent {agent!r} (known agents: {', '.join(sorted(AGENTS))})"
         raise ValidationError({field: message} if field else message)

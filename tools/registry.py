@@ -3,7 +3,7 @@
 A tool declares its effect (read, write or delete; undeclared means delete, the safe default),
 whether its downstream dedupes on the idempotency key it is given, whether it reaches the open
 world, the compensation that would undo it (none: irreversible), which argument fields are
-sensitive (kept for replay, shown redacted), a timeout, and optionally a reconcile hook that
+sensitive (kept for replay, shown redacted), and optionally a reconcile hook that
 answers "did the call with key K happen?" for a step left in doubt by a crash.
 
 Each registered tool also has a row in the database (tools.models.Tool), kept in step with the
@@ -14,9 +14,20 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+
+from runs.agents import describe
 
 EFFECTS = ("read", "write", "delete")
+# The effects that change the world: their steps record an intent first, the freeze stops
+# them, and they can be undone only by a compensation.
+WRITING_EFFECTS = frozenset({"write", "delete"})
+# How long an approval request waits for a person when its tool's row does not say.
+DEFAULT_APPROVAL_EXPIRY_SECONDS = 3600
+
+
+class ContractViolation(Exception):
+    """A request or a result breaks a tool's contract; the step fails and is never retried."""
 
 
 @dataclass(frozen=True)
@@ -49,20 +60,43 @@ class ToolSpec:
     open_world: bool = True
     compensation: Compensation | None = None
     sensitive: frozenset = frozenset()
-    timeout_seconds: float | None = None
     output_model: type[BaseModel] | None = None
 
     @property
     def reversible(self):
         return self.compensation is not None
 
+    @property
+    def writes(self):
+        return self.effect in WRITING_EFFECTS
+
+    @property
+    def compensation_tool(self):
+        """The name of the tool that undoes this one, or "" for an irreversible tool."""
+        return self.compensation.tool if self.compensation else ""
+
     def input_schema(self):
         return self.input_model.model_json_schema()
 
+    def parse(self, arguments):
+        """The arguments as the tool's input model; ContractViolation names the field."""
+        try:
+            return self.input_model.model_validate(arguments)
+        except ValidationError as error:
+            raise ContractViolation(f"arguments for {self.name!r} are invalid: {describe(error)}") from None
+
     def call(self, args: BaseModel, idempotency_key: str):
-        if self.takes_key:
-            return self.fn(args, idempotency_key=idempotency_key)
-        return self.fn(args)
+        """Make the call; a tool with an output model must return what it promises (a result
+        that does not fit is a contract error naming the field: the call itself did happen)."""
+        result = self.fn(args, idempotency_key=idempotency_key) if self.takes_key else self.fn(args)
+        if self.output_model is None:
+            return result
+        try:
+            return self.output_model.model_validate(result).model_dump(mode="json")
+        except ValidationError as error:
+            raise ContractViolation(
+                f"the result of {self.name!r} does not fit its output model: {describe(error)}"
+            ) from None
 
 
 TOOLS: dict[str, ToolSpec] = {}
@@ -70,7 +104,7 @@ TOOLS: dict[str, ToolSpec] = {}
 
 def tool(
     name=None, *, effect="delete", idempotent=False, reconcile=None, description=None,
-    open_world=True, compensation=None, sensitive=(), timeout_seconds=None, output_model=None,
+    open_world=True, compensation=None, sensitive=(), output_model=None,
 ):
     """Register a tool: `def fn(args: Model, *, idempotency_key: str) -> JSON-able result`."""
     if effect not in EFFECTS:
@@ -107,7 +141,6 @@ def tool(
             open_world=open_world,
             compensation=compensation,
             sensitive=frozenset(sensitive),
-            timeout_seconds=timeout_seconds,
             output_model=output_model,
         )
         return fn

@@ -13,10 +13,9 @@ def sync_tools(**kwargs):
                 "effect": spec.effect,
                 "idempotent": spec.idempotent,
                 "open_world": spec.open_world,
-                "compensation": spec.compensation.tool if spec.compensation else "",
+                "compensation": spec.compensation_tool,
                 "sensitive_fields": sorted(spec.sensitive),
                 "input_schema": spec.input_schema(),
-                "timeout_seconds": spec.timeout_seconds,
                 "registered": True,
             },
         )

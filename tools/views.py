@@ -9,7 +9,8 @@ from django.core.exceptions import ValidationError
 from django.http import Http404
 from django.utils import timezone
 
-from runs.models import AuditEntry, JournalEntry
+from runs.actors import Actor
+from runs.models import JournalEntry
 from runs.timeline import build_steps
 from tools.approvals import ApprovalError, decide
 from tools.freeze import FreezeError, lift_freeze, set_freeze
@@ -42,13 +43,11 @@ def _back(request):
 def freeze_set(request: HttpRequest) -> HttpResponse:
     agent = request.POST.get("agent", "").strip()
     reason = request.POST.get("reason", "")
-    actor = f"user:{request.user.get_username()}"
     try:
-        set_freeze(agent=agent, reason=reason, actor=actor)
+        set_freeze(agent=agent, reason=reason, actor=Actor.for_user(request.user))
     except FreezeError as error:
         messages.error(request, f"Not frozen: {error}.")
     else:
-        AuditEntry.record(request.user, "freeze", target=f"agent:{agent}" if agent else "everything", reason=reason.strip())
         messages.success(request, f"Frozen: no write or delete starts for {f'agent {agent}' if agent else 'any agent'} until the freeze is lifted. Reads go on.")
     return _back(request)
 
@@ -58,11 +57,10 @@ def freeze_set(request: HttpRequest) -> HttpResponse:
 def freeze_lift(request: HttpRequest) -> HttpResponse:
     agent = request.POST.get("agent", "").strip()
     try:
-        lift_freeze(agent=agent, actor=f"user:{request.user.get_username()}")
+        lift_freeze(agent=agent, actor=Actor.for_user(request.user))
     except FreezeError as error:
         messages.error(request, f"Not lifted: {error}.")
     else:
-        AuditEntry.record(request.user, "unfreeze", target=f"agent:{agent}" if agent else "everything")
         messages.success(request, "Freeze lifted: the runs that waited for it are queued again.")
     return _back(request)
 
@@ -98,7 +96,7 @@ def approval_decide(request: HttpRequest, approval_id: int) -> HttpResponse:
         raise Http404("there is no such approval request")
     decision = request.POST.get("decision", "")
     try:
-        decide(approval.id, decision, user=request.user, reason=request.POST.get("reason", ""),
+        decide(approval.id, decision, actor=Actor.for_user(request.user), reason=request.POST.get("reason", ""),
                edited_args_text=request.POST.get("edited_args"), shown_hash=request.POST.get("shown_hash", ""))
     except ApprovalError as error:
         messages.error(request, f"Not done: {error}.")

@@ -27,8 +27,11 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 from rq import Worker
 
-from runs.engine import advance_run, run_queue, start_run
-from runs.journal import canonical_json, hash_json
+from runs.actors import Actor
+from runs.engine import advance_run
+from runs.moves import start_run
+from runs.queue import run_queue
+from runs.recorder import canonical_json, hash_json
 from runs.models import Run, RunStatus
 from runs.processes import kill_worker, project_env, start_manage, use_scratch_database
 
@@ -53,7 +56,7 @@ class Command(BaseCommand):
     def handle(self, *args, steps, rounds, throughput_runs, profile, **options):
         if steps < 1 or rounds < 1 or throughput_runs < 0:
             raise CommandError("--steps and --rounds must be at least 1, --throughput-runs at least 0")
-        use_scratch_database("agentops_bench")
+        use_scratch_database("bench")
         self.prepare_raw_table()
 
         raw, reads, writes = [], [], []
@@ -97,7 +100,7 @@ class Command(BaseCommand):
             return (time.perf_counter() - began) / steps * 1e6
 
     def time_run(self, agent, steps):
-        run = start_run(agent, {"steps": steps}, started_by="bench")
+        run = start_run(agent, {"steps": steps}, started_by=Actor.system("bench"))
         began = time.perf_counter()
         advance_run(run.id)
         elapsed = time.perf_counter() - began
@@ -107,7 +110,7 @@ class Command(BaseCommand):
         return elapsed / steps * 1e6
 
     def profile_writes(self, steps):
-        run = start_run("bench_writes", {"steps": steps}, started_by="bench")
+        run = start_run("bench_writes", {"steps": steps}, started_by=Actor.system("bench"))
         profiler = cProfile.Profile()
         profiler.runcall(advance_run, run.id)
         out = io.StringIO()
@@ -129,7 +132,7 @@ class Command(BaseCommand):
                     raise CommandError(f"the workers did not start; see {log_dir}")
                 time.sleep(0.05)
             began = time.perf_counter()
-            ids = [start_run("bench_one_step", {"steps": n}, started_by="bench").id for n in range(count)]
+            ids = [start_run("bench_one_step", {"steps": n}, started_by=Actor.system("bench")).id for n in range(count)]
             started = time.perf_counter() - began
             while Run.objects.filter(id__in=ids).exclude(status=RunStatus.SUCCEEDED).exists():
                 if time.perf_counter() - began > 600:

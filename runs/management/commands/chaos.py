@@ -24,9 +24,11 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
-from runs.engine import SETTLED, in_doubt_step, start_run, sweep
+from runs.actors import Actor
+from runs.moves import SETTLED, start_run
+from runs.sweeper import sweep
 from runs.models import JournalEntry, Run, RunStatus
 from runs.processes import kill_worker, project_env, start_manage, use_scratch_database
 from tools.models import LedgerCall
@@ -50,11 +52,11 @@ class Command(BaseCommand):
         if runs < 1 or workers < 1 or kill_every <= 0:
             raise CommandError("--runs and --workers must be at least 1, --kill-every above 0")
         chooser = random.Random(seed)
-        use_scratch_database("agentops_chaos")
+        use_scratch_database("chaos")
         settings.RUN_LEASE_SECONDS = lease
         env = project_env(RUN_LEASE_SECONDS=str(lease))
         log_dir = Path(tempfile.mkdtemp(prefix="agentops-chaos-"))
-        self.stdout.write(f"chaos: database agentops_chaos, worker logs in {log_dir}")
+        self.stdout.write(f"chaos: database {connection.settings_dict['NAME']}, worker logs in {log_dir}")
 
         pool = []
         started = 0
@@ -68,7 +70,7 @@ class Command(BaseCommand):
         for _ in range(workers):
             start_worker()
         run_ids = [
-            start_run("chaos", {"account": n}, started_by="chaos").id for n in range(runs)
+            start_run("chaos", {"account": n}, started_by=Actor.system("chaos")).id for n in range(runs)
         ]
         kills = 0
         began = time.monotonic()
@@ -153,15 +155,14 @@ class Command(BaseCommand):
                     problems.append(f"run {run.id} succeeded with journaled steps {sorted(done)}")
                     lost.add(run.id)
             elif run.status == RunStatus.NEEDS_ATTENTION:
-                step = in_doubt_step(run.id)
-                if step is None or "is in doubt" not in run.status_reason or "Decide" not in run.status_reason:
-                    problems.append(f"run {run.id} needs attention without naming a step to decide: {run.status_reason}")
+                if JournalEntry.in_doubt(run.id) is None:
+                    problems.append(f"run {run.id} needs attention without a step in doubt: {run.status_reason}")
                     lost.add(run.id)
             elif run.id not in unsettled:
                 problems.append(f"run {run.id} ended {run.status}: {run.error or run.status_reason}")
                 lost.add(run.id)
             # Every effect in the outside world has its journaled outcome, or is the step in doubt.
-            in_doubt = in_doubt_step(run.id)
+            in_doubt = JournalEntry.in_doubt(run.id)
             for seq in range(1, STEP_COUNT + 1):
                 if effects.get(f"{run.id}:{seq}") and seq not in done and not (in_doubt and in_doubt.seq == seq):
                     problems.append(f"run {run.id} step {seq} took effect but its outcome is not journaled")

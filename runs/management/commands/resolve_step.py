@@ -4,8 +4,9 @@ from django.core.exceptions import ValidationError
 
 from django.core.management.base import BaseCommand, CommandError
 
-from runs.engine import Decision, resolve_step
-from runs.models import IllegalTransition, Run
+from runs.actors import CLI
+from runs.models import Run
+from runs.services import ActionRefused, Resolution, resolve_step
 
 
 class Command(BaseCommand):
@@ -17,13 +18,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("run_id")
         parser.add_argument("seq", type=int)
-        parser.add_argument("decision", choices=Decision.ALL)
+        parser.add_argument("decision", choices=Resolution.ALL)
         parser.add_argument("--result", help="with 'happened': the step's result, as JSON")
         parser.add_argument("--reason", default="", help="why; required with 'fail'")
-        parser.add_argument("--as", dest="actor", default="cli", help="who decides (recorded)")
 
-    def handle(self, *args, run_id, seq, decision, result, reason, actor, **options):
-        if decision == Decision.HAPPENED:
+    def handle(self, *args, run_id, seq, decision, result, reason, **options):
+        if decision == Resolution.HAPPENED:
             if result is None:
                 raise CommandError("'happened' needs --result: the JSON the agent receives as the step's result")
             try:
@@ -33,9 +33,9 @@ class Command(BaseCommand):
         elif result is not None:
             raise CommandError(f"--result goes only with 'happened', not with {decision!r}")
         try:
-            run = resolve_step(run_id, seq, decision, actor=actor, result=result, reason=reason)
+            run = resolve_step(run_id, seq, decision, actor=CLI, result=result, reason=reason)
         except (Run.DoesNotExist, ValidationError):
             raise CommandError(f"there is no run {run_id!r}") from None
-        except (ValueError, IllegalTransition) as error:
+        except ActionRefused as error:
             raise CommandError(str(error)) from None
         self.stdout.write(f"run {run.id} step {seq}: {decision}; the run is {run.status}")

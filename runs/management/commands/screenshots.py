@@ -16,7 +16,8 @@ from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand, CommandError
 
-from runs.engine import start_run
+from runs.actors import Actor
+from runs.moves import start_run
 from runs.management.commands.seed_demo import DEMO_RUNS
 from runs.models import Run, RunStatus
 from runs.processes import (
@@ -24,6 +25,7 @@ from runs.processes import (
     use_scratch_database, wait_for_port,
 )
 from runs.roles import OPERATOR
+from tools.models import Approval
 
 PASSWORD = "screenshots-only-password"
 
@@ -36,12 +38,11 @@ class Command(BaseCommand):
             raise CommandError(f"{CHROMIUM} is missing: apt-get install chromium")
         from playwright.sync_api import sync_playwright
 
-        use_scratch_database("agentops_screens")
+        use_scratch_database("screens")
         user = User.objects.create_user("operator", password=PASSWORD)
         user.groups.set([Group.objects.get(name=OPERATOR)])
-        from tools.models import Approval
         for key, agent, data in DEMO_RUNS:
-            start_run(agent, data, started_by="demo", idempotency_key=key)
+            start_run(agent, data, started_by=Actor.system("demo"), idempotency_key=key)
         batch = Run.objects.get(idempotency_key="demo-batch-1")
 
         out = settings.BASE_DIR / "docs" / "screenshots"

@@ -10,7 +10,8 @@ from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand
 
-from runs.engine import start_run
+from runs.actors import Actor
+from runs.moves import start_run
 from runs.roles import ADMIN, OPERATOR, VIEWER
 
 DEMO_USERS = [(ADMIN, ADMIN), (OPERATOR, OPERATOR), (VIEWER, VIEWER)]
@@ -43,5 +44,5 @@ class Command(BaseCommand):
             user.groups.set([Group.objects.get(name=role)])
             self.stdout.write(f"  {username:<9} {password}   ({role})")
         for key, agent, data in DEMO_RUNS:
-            start_run(agent, data, started_by="demo", idempotency_key=key)
+            start_run(agent, data, started_by=Actor.system("demo"), idempotency_key=key)
         self.stdout.write(f"Demo runs: {len(DEMO_RUNS)} (started once; see the runs page)")

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from runs.processes import stop_requested
+from tools.sync import sync_tools
 
 STOP_GRACE_SECONDS = 10
 
@@ -40,7 +41,6 @@ class Command(BaseCommand):
                 ) from None
 
         # The tools' rows follow the code from the moment the project starts.
-        from tools.sync import sync_tools
 
         sync_tools()
         python = sys.executable

@@ -3,7 +3,9 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from runs.agents import InvalidInput, UnknownAgent
-from runs.engine import InvalidIdempotencyKey, start_run, wait_until_settled
+from runs.actors import CLI
+from runs.engine import wait_until_settled
+from runs.moves import InvalidIdempotencyKey, start_run
 
 
 class Command(BaseCommand):
@@ -22,7 +24,7 @@ class Command(BaseCommand):
         except json.JSONDecodeError as error:
             raise CommandError(f"--input is not JSON: {error}") from None
         try:
-            run = start_run(agent, data, started_by="cli", idempotency_key=idempotency_key)
+            run = start_run(agent, data, started_by=CLI, idempotency_key=idempotency_key)
         except (UnknownAgent, InvalidInput, InvalidIdempotencyKey) as error:
             raise CommandError(str(error)) from None
         self.stdout.write(f"run {run.id} {run.status}")

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
-from runs.engine import sweep
+from runs.sweeper import sweep
 from runs.processes import stop_requested
 
 log = logging.getLogger(__name__)

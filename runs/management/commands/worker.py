@@ -1,4 +1,4 @@
-"""An RQ worker for this database's run queue (see runs.engine.run_queue)."""
+"""An RQ worker for this database's run queue (see runs.queue.run_queue)."""
 
 import socket
 import time
@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand
 from django.db import connections
 from rq import Worker
 
-from runs.engine import run_queue
+from runs.queue import run_queue
 
 
 class Command(BaseCommand):

@@ -1,14 +1,16 @@
-"""The journal protocol: how an agent's steps are recorded, replayed and recovered.
+"""The journal protocol: how a run's steps are recorded, replayed and recovered.
 
 Read this file top to bottom; ../docs/journal.md says the same in prose.
 
 An agent is a plain function `fn(ctx, input)`. Everything it does that touches the world goes
-through `ctx` (a Context): tool calls, LLM calls, sleeps, the clock, random ids, child runs.
-Each of those is a step, numbered seq = 1, 2, 3 ... in the order the agent asks for them. Because
-the agent's own code is deterministic apart from what it asks ctx for, running it again from the
-top asks for the same steps in the same order; that is how a run resumes after its worker died.
+through its Context (runs/context.py): tool calls, LLM calls, sleeps, the clock, random ids,
+child runs. The Context turns each request into a Step and hands it to the Recorder, the only
+writer of journal rows. Steps are numbered seq = 1, 2, 3 ... in the order the agent asks for
+them. Because the agent's own code is deterministic apart from what it asks ctx for, running it
+again from the top asks for the same steps in the same order; that is how a run resumes after
+its worker died.
 
-When the agent reaches step seq, the Context looks at what the journal holds for it:
+When the agent reaches step seq, the Recorder looks at what the journal holds for it:
 
 1. An outcome: the step already happened. Check that the code asks for the same step (kind, name
    and a hash of the arguments). Same: hand back the recorded result, or raise the recorded
@@ -20,11 +22,11 @@ When the agent reaches step seq, the Context looks at what the journal holds for
      with the same key;
    - a tool with a reconcile hook: ask it whether key K happened, and record what it says;
    - anything else: the run goes to needs_attention, and an operator decides (it happened, with
-     a result; run it again; or fail it). See runs.engine.resolve_step.
-3. Nothing: check the contract (a known tool, arguments that fit its schema), write the intent,
-   call the tool with its idempotency key (run id and seq, the same on every worker and every
-   attempt), write the outcome. A step without side effects (a read, an LLM call, the clock)
-   writes only its outcome: one commit.
+     a result; run it again; or fail it). See runs.services.resolve_step.
+3. Nothing: ask the policy (tools/policy.py: disabled, freeze, deny, cap, approval), which
+   answers go, refuse or hold; then write the intent, call the tool with its idempotency key
+   (run id and seq, the same on every worker and every attempt), write the outcome. A step
+   without side effects (a read, an LLM call, the clock) writes only its outcome: one commit.
 
 Every journal write is one SQL statement (WRITE_SQL below) that inserts the row only while the
 writer still holds the run's lease at the epoch it claimed (fencing): a worker that was stopped
@@ -35,25 +37,22 @@ an intent is not written while one is pending, so a paused run never leaves a st
 
 import hashlib
 import json
-import uuid as uuid_module
-
-import psycopg
-from collections import Counter, defaultdict
-from dataclasses import dataclass
-from functools import cached_property
+from collections import defaultdict
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, Callable
 
+import psycopg
 from django.db import DatabaseError, connection
 from django.utils import timezone
-from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
 from runs import live
-from runs.agents import describe
 from runs.models import JournalEntry
-from tools.models import Rule
-from tools.registry import TOOLS, Reconciled
+from runs.waits import WaitFor
+from tools.policy import Go, Hold, Mismatch, Policy, Refuse
+from tools.registry import TOOLS, ContractViolation, Reconciled
 
 INTENT, OUTCOME = JournalEntry.Phase.INTENT, JournalEntry.Phase.OUTCOME
 SUCCEEDED, FAILED, ABANDONED = (
@@ -77,7 +76,7 @@ class ToolError(Exception):
 
 
 # Why a run stops advancing. These are BaseExceptions so that an agent's `except Exception`
-# cannot swallow them.
+# cannot swallow them. The engine (runs/engine.py) turns each into the run's next move.
 
 
 class Suspend(BaseException):
@@ -85,12 +84,11 @@ class Suspend(BaseException):
 
 
 class Wait(Suspend):
-    """The run waits (sleep, child run) without holding a worker."""
+    """The run waits (runs.waits.WaitFor says for what) without holding a worker."""
 
-    def __init__(self, reason, wake_at=None, child_id=None, approval_id=None):
-        super().__init__(reason)
-        self.reason, self.wake_at, self.child_id = reason, wake_at, child_id
-        self.approval_id = approval_id
+    def __init__(self, wait: WaitFor):
+        super().__init__(wait.reason)
+        self.wait = wait
 
 
 class PauseRequested(Suspend):
@@ -113,7 +111,7 @@ class Fenced(Suspend):
     """Another worker holds the run now; this one must stop without writing anything."""
 
 
-class RunFails(Suspend):
+class FailRun(Suspend):
     """The run fails now, whatever the agent would do (a budget is exceeded)."""
 
     def __init__(self, error):
@@ -125,23 +123,25 @@ class JournalUnavailable(Suspend):
     """The journal could not be written (the database failed): stop, and let the lease lapse."""
 
 
+class EndOfJournal(Suspend):
+    """A dry run (the replay check) reached a step the journal has not recorded yet."""
+
+    def __init__(self, seq):
+        super().__init__(f"the journal ends before step {seq}")
+        self.seq = seq
+
+
 # The pieces ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Lease:
-    run_id: uuid_module.UUID
-    owner: str
-    epoch: int
-
-
-@dataclass
 class Step:
-    """What the agent asks for at one seq."""
+    """What the agent asks for at one seq. Built once, by the Context; never changed (a call
+    with approved arguments is a new Step with the same identity)."""
 
     kind: str
     name: str
-    args: Any
+    args: Any  # what identifies the step (hashed), and what an outcome-only row stores
     call: Callable[[str], Any] | None  # call(idempotency_key) -> JSON result
     effect: str = ""
     # Steps with side effects record their intent before they happen; the rest record only
@@ -149,9 +149,10 @@ class Step:
     writes_intent: bool = False
     idempotent: bool = False
     reconcile: Callable | None = None
-    # What the intent row stores, where it holds more than identifies the step (a deadline).
+    # What the intent row stores, where it holds more than identifies the step (a deadline,
+    # approved arguments).
     stored_args: Any = None
-    # A tool step, checked against the tool's state and permissions before it first runs.
+    # A call of a registered tool with valid arguments: the policy decides whether it runs.
     guarded: bool = False
 
     @cached_property
@@ -161,6 +162,10 @@ class Step:
     @cached_property
     def args_hash(self):
         return hash_json(self.args_json)
+
+    @property
+    def is_tool(self):
+        return self.kind == K.TOOL
 
 
 def describe_step(kind, name, hash_):
@@ -217,14 +222,14 @@ def load_journal(run_id):
 # The one statement that writes a journal row: it inserts only while the run is running under
 # the writer's lease epoch, and reports any pending pause or cancel (an intent is refused while
 # one is pending). It locks the run row FOR KEY SHARE, which the foreign key takes anyway. Every
-# move of a run out of running goes through runs.models.transition, which locks the row FOR
-# UPDATE: that move waits for a write in flight, and a write that waited for the move re-checks
-# status and epoch on the new row and inserts nothing. (A claim only takes queued runs, so a
-# new epoch always comes after such a move.) Heartbeats do not conflict with the lock.
+# move of a run out of running goes through runs.moves.move, which locks the row FOR UPDATE:
+# that move waits for a write in flight, and a write that waited for the move re-checks status
+# and epoch on the new row and inserts nothing. (A claim only takes queued runs, so a new epoch
+# always comes after such a move.) Heartbeats do not conflict with the lock.
 #
-# The intent of a write or delete ("guarded") also locks the freeze state FOR KEY SHARE and is
-# refused while a freeze covers the run's agent: see tools/freeze.py for why no write intent can
-# be recorded after a freeze has committed.
+# The intent of a write or delete also locks the freeze state FOR KEY SHARE (`locks_freeze`)
+# and is refused while a freeze covers the run's agent: see tools/freeze.py for why no write
+# intent can be recorded after a freeze has committed.
 WRITE_SQL = """
 WITH run AS (
     SELECT lease_epoch, lease_owner, status, requested, agent FROM runs_run
@@ -232,7 +237,7 @@ WITH run AS (
 ), freeze_now AS (
     SELECT COALESCE(NULLIF(f.global_reason, ''), f.agents ->> run.agent, '') AS reason
     FROM tools_freezestate f, run
-    WHERE f.id = 1 AND %(guarded)s::boolean
+    WHERE f.id = 1 AND %(locks_freeze)s::boolean
     FOR KEY SHARE OF f
 ), inserted AS (
     INSERT INTO runs_journalentry (
@@ -249,14 +254,14 @@ WITH run AS (
       AND (%(phase)s::varchar = 'outcome' OR run.requested = '')
       AND NOT EXISTS (SELECT 1 FROM freeze_now WHERE freeze_now.reason <> '')
       -- Without the freeze state row there is nothing to lock: refuse, rather than race.
-      AND (NOT %(guarded)s::boolean OR EXISTS (SELECT 1 FROM freeze_now))
+      AND (NOT %(locks_freeze)s::boolean OR EXISTS (SELECT 1 FROM freeze_now))
     RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM inserted),
        run.status = 'running' AND run.lease_epoch = %(epoch)s::bigint
            AND run.lease_owner = %(owner)s::varchar,
        run.requested,
-       CASE WHEN %(guarded)s::boolean AND NOT EXISTS (SELECT 1 FROM freeze_now)
+       CASE WHEN %(locks_freeze)s::boolean AND NOT EXISTS (SELECT 1 FROM freeze_now)
             THEN 'the freeze state is missing (run manage.py migrate)'
             ELSE (SELECT reason FROM freeze_now) END
 FROM run
@@ -283,110 +288,46 @@ def _json_or_null(value):
     return None if value is None else canonical_json(value)
 
 
-# The Context: what an agent's code calls ------------------------------------------------------
+# The Recorder ----------------------------------------------------------------------------------
 
 
-class Context:
-    def __init__(self, lease: Lease, journal: dict[int, list[Row]], agent=""):
+class Recorder:
+    """Replays, records and recovers the steps of one advance of one run, under its lease.
+
+    With dry_run, it only compares the code's steps with the journal (the replay check): it
+    writes nothing, asks no policy and calls nothing, and stops at the journal's end.
+    """
+
+    def __init__(self, lease, journal, *, agent="", dry_run=False):
         self.lease = lease
         self.run_id = lease.run_id
         self.journal = journal
         self.agent = agent
+        self.dry_run = dry_run
+        self.policy = Policy(lease.run_id, agent)
         self.seq = 0
-        self.calls = Counter()  # tool name -> its steps so far in this run, for caps
-        self.rules = {}  # tool name -> (enabled, decision), read once per advance
-        self.frozen = None  # the freeze's reason for this agent, read once per advance
+        self.tool_calls = defaultdict(int)  # tool name -> its steps so far in this run, for caps
 
-    # The API for agents
-
-    def tool(self, name, **arguments):
-        """Call a registered tool; returns its result or raises ToolError."""
-        tool = TOOLS.get(name)
-        if tool is None:
-            return self._contract_error(name, arguments, f"unknown tool {name!r}")
-        try:
-            args = tool.input_model.model_validate(arguments)
-        except ValidationError as error:
-            return self._contract_error(
-                name, arguments, f"arguments for {name!r} are invalid: {describe(error)}"
-            )
-        return self._step(
-            Step(
-                kind=K.TOOL,
-                name=name,
-                args=args.model_dump(mode="json"),
-                call=lambda key: _checked_output(tool, tool.call(args, key)),
-                effect=tool.effect,
-                writes_intent=tool.effect in ("write", "delete"),
-                idempotent=tool.idempotent,
-                reconcile=(lambda key: tool.reconcile(args, key)) if tool.reconcile else None,
-                guarded=True,
-            )
-        )
-
-    def llm(self, provider, **request):
-        """Call a model through a registered provider; replay returns the recorded response."""
-        from runs.llm import UnknownProvider, get_provider
-
-        try:
-            call = get_provider(provider)
-        except UnknownProvider as error:
-            return self._contract_error(provider, request, str(error), kind=K.LLM)
-        return self._step(Step(kind=K.LLM, name=provider, args=request, call=lambda key: call(**request)))
-
-    def now(self) -> datetime:
-        recorded = self._step(Step(kind=K.NOW, name="", args=None, call=lambda key: timezone.now().isoformat()))
-        return datetime.fromisoformat(recorded)
-
-    def uuid(self) -> uuid_module.UUID:
-        recorded = self._step(Step(kind=K.UUID, name="", args=None, call=lambda key: str(uuid_module.uuid4())))
-        return uuid_module.UUID(recorded)
-
-    def sleep(self, seconds):
-        """Sleep without holding a worker: the run waits and is woken by a scheduled job."""
-        self._sleep(float(seconds))
-
-    def start_child(self, agent, input) -> uuid_module.UUID:
-        """Start a child run (once, whatever happens to this worker); returns its id."""
-        from runs.agents import InvalidInput, UnknownAgent
-        from runs.engine import start_run
-
-        def call(key):
-            try:
-                child = start_run(
-                    agent, input, started_by=f"run:{self.run_id}", parent_id=self.run_id,
-                    idempotency_key=f"child-{self.run_id}-{self.seq}",
-                )
-            except (UnknownAgent, InvalidInput) as error:
-                raise ContractViolation(str(error)) from None
-            return str(child.id)
-
-        return uuid_module.UUID(self._step(Step(kind=K.CHILD_START, name=agent, args=input, call=call)))
-
-    def wait_child(self, child_id):
-        """The child run's output once it has finished; ToolError if it did not succeed."""
-        return self._wait_child(child_id)
-
-    def run_child(self, agent, input):
-        return self.wait_child(self.start_child(agent, input))
-
-    # The protocol
-
-    def _step(self, step: Step):
+    def record(self, step: Step):
+        """The protocol for one step (see the top of this file); returns its result."""
         self.seq += 1
         rows = self.journal.get(self.seq)
         if step.guarded:
-            self.calls[step.name] += 1
+            self.tool_calls[step.name] += 1
         if not rows:
+            if self.dry_run:
+                raise EndOfJournal(self.seq)
             if step.guarded:
-                self._guard(step)
+                step = self._ask_policy(step)
             return self._execute(step, attempt=1)
         self._check_same_step(step, rows[0])
         last = rows[-1]
         if last.phase == OUTCOME and last.status in (SUCCEEDED, FAILED):
             return self._replay(last)
+        if self.dry_run:
+            raise EndOfJournal(self.seq)
         if step.guarded:
-            self._approved(step)  # a re-run makes the call that was approved, edits included
+            step = self._with_arguments(step, self.policy.rerun(TOOLS[step.name], self.seq, step.args))
         if last.phase == OUTCOME:  # abandoned by an operator: run it again
             return self._execute(step, attempt=last.attempt + 1)
         return self._recover_in_doubt(step, last)
@@ -408,6 +349,37 @@ class Context:
         if row.status == FAILED:
             raise ToolError(row.error["type"], row.error["message"])
         return row.result
+
+    def _ask_policy(self, step):
+        """The guardrails after the contract, for a tool step's first run. A refusal is
+        journaled like any outcome, so a replay refuses again without asking."""
+        decision = self.policy.first_run(
+            TOOLS[step.name], self.seq, step.args, step.args_hash, self.tool_calls[step.name]
+        )
+        if isinstance(decision, Hold):
+            raise Wait(decision.wait)
+        if isinstance(decision, Mismatch):
+            self._nondeterminism(step, decision.source, K.TOOL, decision.name, decision.args_hash)
+        return self._with_arguments(step, decision)
+
+    def _with_arguments(self, step, decision):
+        if isinstance(decision, Refuse):
+            self._refuse(step, decision)
+        assert isinstance(decision, Go)
+        if decision.args == step.args:
+            return step
+        # Run what was approved (edited arguments); the step keeps its identity, and the
+        # journal keeps the arguments it ran with (secrets included, for replay).
+        spec = TOOLS[step.name]
+        model = spec.parse(decision.args)
+        return replace(step, stored_args=decision.args, call=lambda key: spec.call(model, key))
+
+    def _refuse(self, step, refusal):
+        error = {"type": refusal.type, "message": refusal.message}
+        self._write(replace(step, writes_intent=False), 1, OUTCOME, status=FAILED, error=error)
+        if refusal.fails_run:
+            raise FailRun(error)
+        raise ToolError(refusal.type, refusal.message)
 
     def _recover_in_doubt(self, step, intent):
         if step.idempotent:
@@ -451,114 +423,6 @@ class Context:
         self._write(step, attempt, OUTCOME, status=SUCCEEDED, result=result)
         return result
 
-    def _guard(self, step):
-        """The guardrails after the contract, in DESIGN's order, for a tool step's first run:
-        a disabled tool, the permission, the cap on calls per run. (The freeze is checked in
-        the statement that writes the intent.) A refusal is journaled like any outcome, so a
-        replay refuses again without asking."""
-        enabled, decision = self._rules_for(step.name)
-        if not enabled:
-            self._refuse(step, "contract", f"tool {step.name!r} is disabled")
-        if step.effect in ("write", "delete"):
-            # DESIGN's order: the freeze before the permission. (Read once per advance; the
-            # statement that writes the intent checks it again under its lock.)
-            if self.frozen is None:
-                from tools.freeze import frozen_reason_for
-
-                self.frozen = frozen_reason_for(self.agent)
-            if self.frozen:
-                raise Wait(f"frozen: {self.frozen}")
-        if decision.rule == Rule.DENY:
-            self._refuse(step, "permission_denied",
-                         f"tool {step.name!r} is denied to agent {self.agent!r} ({decision.source})")
-        if decision.cap is not None and self.calls[step.name] > decision.cap:
-            message = (f"budget exceeded: tool {step.name!r} may be called {decision.cap} times a run "
-                       f"({decision.source}); this was call {self.calls[step.name]}")
-            self._refuse(step, "budget", message, fails_run=True)
-        if decision.rule == Rule.REQUIRE_APPROVAL:
-            self._await_approval(step)
-
-    def _await_approval(self, step):
-        """Wait for a person's decision (tools/approvals.py); go on as they decided."""
-        from django.utils import timezone as tz
-
-        from tools import approvals
-        from tools.models import ApprovalStatus as A
-
-        approval = approvals.request_for(
-            self.run_id, self.seq, tool_name=step.name, agent=self.agent, args=step.args,
-            args_hash=step.args_hash,
-        )
-        if (approval.tool, approval.args_hash) != (step.name, step.args_hash):
-            # The request was made for another call at this seq: the code changed under the run.
-            self._nondeterminism(step, "an approval was requested for", K.TOOL, approval.tool, approval.args_hash)
-        if approval.status == A.PENDING and approval.expires_at <= tz.now():
-            approvals.expire_overdue()
-            approval.refresh_from_db()
-        if approval.status == A.PENDING:
-            raise Wait(f"waiting for approval of step {self.seq} ({step.name}), until "
-                       f"{approval.expires_at:%Y-%m-%d %H:%M:%S %Z}", approval_id=approval.id)
-        if approval.status == A.DENIED:
-            self._refuse(step, "denied", f"denied by operator: {approval.reason}")
-        if approval.status == A.EXPIRED:
-            self._refuse(step, "approval_expired",
-                         f"nobody approved the call to {step.name!r} before the request expired")
-        self._use_approved_arguments(step, approval)
-
-    def _use_approved_arguments(self, step, approval):
-        """Run what was approved (edited arguments, if any); the step keeps its identity."""
-        from tools import approvals
-
-        args = approvals.arguments_to_run(approval)
-        if args == step.args:
-            return
-        spec = TOOLS[step.name]
-        try:
-            model = spec.input_model.model_validate(args)
-        except ValidationError as error:
-            self._refuse(step, "contract", f"the approved arguments for {step.name!r} are invalid: {describe(error)}")
-        step.stored_args = model.model_dump(mode="json")  # the journal keeps secrets, for replay
-        step.call = lambda key: _checked_output(spec, spec.call(model, key))
-
-    def _approved(self, step):
-        """Edited arguments of an approved step, for a step that runs again after a crash."""
-        from tools.models import Approval, ApprovalStatus
-
-        approval = Approval.objects.filter(run_id=self.run_id, seq=self.seq, status=ApprovalStatus.APPROVED).first()
-        if approval is not None:
-            self._use_approved_arguments(step, approval)
-
-    def _rules_for(self, name):
-        if name not in self.rules:
-            from tools.models import Tool, ToolPermission
-
-            tool = Tool.objects.filter(name=name).first()
-            if tool is None:  # not synced yet: the code's own declaration decides
-                spec = TOOLS[name]
-                tool = Tool(name=name, effect=spec.effect, compensation=spec.compensation.tool if spec.compensation else "")
-                self.rules[name] = (True, ToolPermission.objects.decide_from(tool, [], self.agent))
-            else:
-                self.rules[name] = (tool.enabled, ToolPermission.objects.decide(tool, self.agent))
-        return self.rules[name]
-
-    def _refuse(self, step, type, message, fails_run=False):
-        refused = Step(kind=step.kind, name=step.name, args=step.args, call=None, effect=step.effect)
-        error = {"type": type, "message": message}
-        self._write(refused, 1, OUTCOME, status=FAILED, error=error)
-        if fails_run:
-            raise RunFails(error)
-        raise ToolError(type, message)
-
-    def _contract_error(self, name, arguments, message, kind=K.TOOL):
-        """Unknown tool or bad arguments: the step fails at the boundary and is never retried."""
-
-        def refuse(key):
-            raise ContractViolation(message)
-
-        # Arguments that are not even JSON are recorded as their text.
-        recorded = json.loads(json.dumps(arguments, default=repr))
-        return self._step(Step(kind=kind, name=name, args=recorded, call=refuse))
-
     def _key(self):
         return f"{self.run_id}:{self.seq}"
 
@@ -574,11 +438,11 @@ class Context:
                 "run": lease.run_id, "seq": self.seq, "attempt": attempt, "phase": phase,
                 "kind": step.kind, "name": step.name, "effect": step.effect,
                 "args": stored_args, "args_hash": step.args_hash,
-                "key": self._key() if step.kind == K.TOOL else "",
+                "key": self._key() if step.is_tool else "",
                 "status": status, "result": _json_or_null(result), "error": _json_or_null(error),
                 "actor": f"worker:{lease.owner}" + (f" ({actor_note})" if actor_note else ""),
                 "epoch": lease.epoch, "owner": lease.owner,
-                "guarded": phase == INTENT and step.effect in ("write", "delete"),
+                "locks_freeze": phase == INTENT and step.guarded and step.writes_intent,
             }
         )
         if not holds_lease:
@@ -593,12 +457,12 @@ class Context:
             raise PauseRequested()
         if frozen:
             # Nothing was written: the step starts afresh when the freeze lifts.
-            raise Wait(f"frozen: {frozen}")
+            raise Wait(WaitFor.freeze(frozen))
         assert inserted, "the journal row was neither written nor refused"
 
-    # Steps with their own rules
+    # A step with its own rules: the sleep's intent carries its deadline.
 
-    def _sleep(self, seconds):
+    def sleep(self, seconds):
         self.seq += 1
         step = Step(kind=K.SLEEP, name="", args={"seconds": seconds}, call=None, writes_intent=True)
         rows = self.journal.get(self.seq)
@@ -606,49 +470,15 @@ class Context:
             self._check_same_step(step, rows[0])
             if rows[-1].phase == OUTCOME:
                 return
+            if self.dry_run:
+                raise EndOfJournal(self.seq)
             wake_at = datetime.fromisoformat(rows[0].args["wake_at"])
         else:
+            if self.dry_run:
+                raise EndOfJournal(self.seq)
             # The intent carries the deadline, so every replay keeps the first one.
             wake_at = timezone.now() + timedelta(seconds=seconds)
-            step.stored_args = {"seconds": seconds, "wake_at": wake_at.isoformat()}
-            self._write(step, 1, INTENT)
+            self._write(replace(step, stored_args={"seconds": seconds, "wake_at": wake_at.isoformat()}), 1, INTENT)
         if timezone.now() < wake_at:
-            raise Wait(f"sleeping until {wake_at.isoformat()}", wake_at=wake_at)
+            raise Wait(WaitFor.sleep(wake_at))
         self._write(step, 1, OUTCOME, status=SUCCEEDED, result={"woke_at": timezone.now().isoformat()})
-
-    def _wait_child(self, child_id):
-        from runs.models import Run
-
-        child_id = str(child_id)
-
-        def call(key):
-            child = Run.objects.only("status", "output", "error").filter(id=child_id).first()
-            if child is None:
-                raise ContractViolation(f"there is no child run {child_id}")
-            if child.status == "succeeded":
-                return child.output
-            if child.is_finished:
-                message = (child.error or {}).get("message", "")
-                raise ChildRunFailed(f"child run {child_id} ended {child.status}" + (f": {message}" if message else ""))
-            raise Wait(f"waiting for child run {child_id}", child_id=child_id)
-
-        return self._step(Step(kind=K.CHILD_WAIT, name="", args={"run_id": child_id}, call=call))
-
-
-def _checked_output(tool, result):
-    """A tool with an output model must return what it promises; a result that does not fit is a
-    contract error naming the field (the call itself did happen: its intent stays recorded)."""
-    if tool.output_model is None:
-        return result
-    try:
-        return tool.output_model.model_validate(result).model_dump(mode="json")
-    except ValidationError as error:
-        raise ContractViolation(f"the result of {tool.name!r} does not fit its output model: {describe(error)}") from None
-
-
-class ContractViolation(Exception):
-    """Raised inside a step's call when the request breaks the contract; never retried."""
-
-
-class ChildRunFailed(Exception):
-    pass

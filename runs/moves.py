@@ -1,0 +1,334 @@
+"""Every move of a run's status, in one place: create, claim, move, suspend, wake, request.
+
+A move is one transaction: it locks the run row, checks that the move is legal (TRANSITIONS;
+a trigger in the database refuses any other), writes the new state and its event row, and
+returns what it did as a Moved. It never changes its target behind the caller's back: a run
+that is asked to leave `running` for the queue or a wait while an operator's pause or cancel is
+pending does not move, and the Moved says so (`pending`), so the caller honours the request
+with a move of its own.
+
+What follows a move is done after commit, here and nowhere else:
+- a run that became queued gets a job ("advance run R") on the queue;
+- a run that went to sleep gets a scheduled wake-up;
+- a run that finished wakes its parent, if the parent waits for it.
+"""
+
+import logging
+import re
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from runs import live, queue, waits
+from runs.actors import SCHEDULER, Actor
+from runs.agents import get_agent
+from runs.models import FINISHED, Requested, Run, RunEvent, RunStatus, WaitKind
+
+S = RunStatus
+log = logging.getLogger(__name__)
+
+# Every legal move of a run's status. A trigger in the database refuses any other (migration
+# 0002 writes this table into it; a test checks that the two agree).
+TRANSITIONS = {
+    S.QUEUED: {S.RUNNING, S.PAUSED, S.CANCELLED},
+    # running -> queued: the lease expired (the worker died) and the sweeper hands it back, or
+    # what the run was about to wait for had already happened.
+    S.RUNNING: {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.WAITING, S.PAUSED, S.NEEDS_ATTENTION, S.QUEUED},
+    S.WAITING: {S.QUEUED, S.PAUSED, S.CANCELLED},
+    S.PAUSED: {S.QUEUED, S.CANCELLED, S.COMPENSATING},
+    # needs_attention -> queued: an operator resolved the step in doubt.
+    S.NEEDS_ATTENTION: {S.QUEUED, S.CANCELLED, S.COMPENSATING},
+    S.SUCCEEDED: set(),
+    S.FAILED: {S.COMPENSATING},
+    S.CANCELLED: {S.COMPENSATING},
+    S.COMPENSATING: {S.COMPENSATED, S.COMPENSATION_FAILED},
+    S.COMPENSATED: set(),
+    S.COMPENSATION_FAILED: set(),
+}
+# Settled: nothing more happens without a person.
+SETTLED = FINISHED | {S.NEEDS_ATTENTION, S.PAUSED}
+# Statuses whose reason is worth showing (what the run waits for, what a person must do).
+EXPLAINED = {S.WAITING, S.PAUSED, S.NEEDS_ATTENTION}
+
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+
+
+class IllegalTransition(Exception):
+    """The move is not one of TRANSITIONS from where the run stands."""
+
+
+class InvalidIdempotencyKey(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's claim on a running run. Every journal write is fenced by its epoch."""
+
+    run_id: object
+    owner: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Moved:
+    """What a move did. `done` is False when a condition no longer held (`why_not` says which),
+    or when an operator's request is pending (`pending` is "pause" or "cancel")."""
+
+    done: bool
+    run: Run | None = None
+    before: str = ""
+    after: str = ""
+    why_not: str = ""
+    pending: str = ""
+
+    @property
+    def status(self):
+        return self.run.status if self.run is not None else None
+
+
+# Starting a run --------------------------------------------------------------------------------
+
+
+def start_run(agent_name, input, *, started_by, idempotency_key=None, parent_id=None):
+    """Create a queued run and enqueue it. The same idempotency key returns the same run.
+
+    Raises UnknownAgent, InvalidInput or InvalidIdempotencyKey, each naming the problem, before
+    anything is written. `started_by` is an Actor.
+    """
+    agent = get_agent(agent_name)
+    data = agent.dump_input(agent.parse_input(input))
+    if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        raise InvalidIdempotencyKey(
+            f"idempotency key {idempotency_key!r} is malformed: use 1 to 200 letters, digits, "
+            "and . _ : - , starting with a letter or digit"
+        )
+    if idempotency_key is not None:
+        existing = _run_for_key(idempotency_key, agent_name, data)
+        if existing:
+            return existing
+    try:
+        with transaction.atomic():
+            run = Run.objects.create(
+                agent=agent_name, input=data, started_by=started_by.label,
+                idempotency_key=idempotency_key, parent_id=parent_id,
+            )
+            RunEvent.objects.create(run=run, kind=RunEvent.Kind.CREATED, to_status=S.QUEUED, actor=started_by.label)
+            queue.enqueue_advance(run.id)
+            live.changed(run.id)
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        # Another caller started the same key at the same moment.
+        existing = _run_for_key(idempotency_key, agent_name, data)
+        if existing is None:
+            raise
+        return existing
+    return run
+
+
+def _run_for_key(key, agent_name, data):
+    run = Run.objects.filter(idempotency_key=key).first()
+    if run is not None and (run.agent != agent_name or run.input != data):
+        raise InvalidIdempotencyKey(
+            f"idempotency key {key!r} already started run {run.id} of agent {run.agent!r} "
+            "with a different input; use a new key for a different request"
+        )
+    return run
+
+
+# The claim: queued -> running under a fresh lease ------------------------------------------
+
+CLAIM_SQL = """
+WITH claimed AS (
+    UPDATE runs_run
+    SET status = 'running', lease_owner = %(owner)s,
+        lease_expires_at = now() + make_interval(secs => %(lease)s),
+        lease_epoch = lease_epoch + 1, started_at = COALESCE(started_at, now()), updated_at = now()
+    WHERE id = %(run)s AND status = 'queued'
+    RETURNING id, lease_epoch
+), event AS (
+    INSERT INTO runs_runevent (run_id, at, kind, from_status, to_status, actor, reason)
+    SELECT id, now(), 'transition', 'queued', 'running', %(actor)s, '' FROM claimed
+)
+SELECT lease_epoch FROM claimed
+"""
+
+
+def claim(run_id, owner):
+    """Take a queued run with a fresh lease, in one statement (compare and set on the status,
+    so two workers never both win); None if it is not queued."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            CLAIM_SQL,
+            {"run": run_id, "owner": owner, "lease": settings.RUN_LEASE_SECONDS,
+             "actor": Actor.worker(owner).label},
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    live.changed(run_id)
+    return Lease(run_id=run_id, owner=owner, epoch=row[0])
+
+
+def extend_lease(lease):
+    """The heartbeat: False once the lease is no longer this worker's (it was fenced)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE runs_run SET lease_expires_at = now() + make_interval(secs => %s)"
+            " WHERE id = %s AND status = 'running' AND lease_epoch = %s",
+            [settings.RUN_LEASE_SECONDS, lease.run_id, lease.epoch],
+        )
+        return cursor.rowcount == 1
+
+
+# The move ------------------------------------------------------------------------------------
+
+_MOVE_FIELDS = [
+    "status", "lease_owner", "lease_expires_at", "requested", "wait_kind", "wait_ref", "wake_at",
+    "status_reason", "finished_at", "updated_at",
+]
+
+
+def move(run_id, to, *, actor, reason="", epoch=None, expect=None, waiting_for=None,
+         lease_expired=False, wait=None, **fields):
+    """Move a run to status `to`, in one transaction with its event row; returns a Moved.
+
+    Conditions, each checked under the row's lock (a journal write in flight finishes first,
+    and any later one sees the new state); when one no longer holds, nothing moves:
+    - epoch: only the lease holder of that epoch may move the run (it must be running);
+    - expect: only from one of these statuses;
+    - waiting_for: (kind, ref) only while the run waits for that (ref None: any of the kind);
+    - lease_expired: only if the lease has expired by the database's clock.
+    An illegal move raises IllegalTransition (the database would refuse it too).
+    """
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(id=run_id)
+        before = run.status
+        why_not = _unmet(run, epoch, expect, waiting_for, lease_expired)
+        if why_not:
+            return Moved(False, run, before, before, why_not=why_not)
+        if run.status == S.RUNNING and run.requested and to in (S.QUEUED, S.WAITING):
+            return Moved(False, run, before, before, why_not=f"{run.requested} requested", pending=run.requested)
+        if to not in TRANSITIONS[run.status]:
+            raise IllegalTransition(f"a {run.get_status_display().lower()} run cannot become {to}")
+        run.status = to
+        if to != S.RUNNING:
+            run.lease_owner, run.lease_expires_at, run.requested = "", None, Requested.NOTHING
+        if to == S.WAITING:
+            run.wait_kind, run.wait_ref, run.wake_at = wait.kind, wait.ref, wait.wake_at
+            reason = reason or wait.reason
+        else:
+            run.wait_kind, run.wait_ref, run.wake_at = "", "", None
+        run.status_reason = reason if to in EXPLAINED else ""
+        for name, value in fields.items():
+            setattr(run, name, value)
+        if to in FINISHED:
+            run.finished_at = Now()
+        run.save(update_fields=[*_MOVE_FIELDS, *fields])
+        RunEvent.objects.create(
+            run=run, kind=RunEvent.Kind.TRANSITION, from_status=before, to_status=to,
+            actor=actor.label, reason=reason,
+        )
+        run.refresh_from_db(fields=["finished_at", "updated_at"])
+        _after_commit(run, before)
+    return Moved(True, run, before, to)
+
+
+def _unmet(run, epoch, expect, waiting_for, lease_expired):
+    if epoch is not None and (run.lease_epoch != epoch or run.status != S.RUNNING):
+        return "fenced: another worker holds the run"
+    if expect is not None and run.status not in expect:
+        return f"it is {run.status}"
+    if waiting_for is not None:
+        kind, ref = waiting_for
+        if run.status != S.WAITING or run.wait_kind != kind or (ref is not None and run.wait_ref != str(ref)):
+            return f"it does not wait for {kind} {ref or ''}".rstrip()
+    if lease_expired and not Run.objects.filter(id=run.id, lease_expires_at__lt=Now()).exists():
+        return "its lease has not expired"
+    return ""
+
+
+def _after_commit(run, before):
+    """The dispatcher: what a committed move sets off. Each step is registered to run after the
+    commit; if the process dies first, the sweeper finds the run (runs.sweeper)."""
+    live.changed(run.id)
+    if run.status == S.QUEUED and before != S.QUEUED:
+        queue.enqueue_advance(run.id)
+    if run.status == S.WAITING and run.wait_kind == WaitKind.SLEEP:
+        queue.schedule_wake(run.id, run.wake_at)
+    if run.status in FINISHED and run.parent_id:
+        parent_id, child_id = run.parent_id, run.id
+        transaction.on_commit(lambda: wake(
+            parent_id, WaitKind.CHILD, child_id, actor=Actor.run(child_id),
+            reason=f"child run {child_id} {run.status}",
+        ))
+
+
+# Waiting and waking ----------------------------------------------------------------------------
+
+
+def suspend(lease, wait, *, agent):
+    """The worker's run waits for `wait`, or goes straight back to the queue if what it waits
+    for has happened already (nobody would wake it otherwise). Fenced by the lease."""
+    actor = Actor.worker(lease.owner)
+    with transaction.atomic():
+        if waits.is_over(wait, agent):
+            return move(lease.run_id, S.QUEUED, actor=actor, epoch=lease.epoch,
+                        reason=f"no wait: {wait.kind} {wait.ref} is over".rstrip())
+        return move(lease.run_id, S.WAITING, actor=actor, epoch=lease.epoch, wait=wait)
+
+
+def wake(run_id, kind, ref=None, *, actor, reason):
+    """The one move from waiting to queued: only if the run still waits for this kind of event
+    (and this reference). A wake that finds nothing to do is harmless."""
+    return move(run_id, S.QUEUED, actor=actor, reason=reason, waiting_for=(kind, ref))
+
+
+def wake_sleeper(run_id):
+    """For the scheduled job of a sleep: wake the run if its time has come; a job that came
+    early (the scheduler's clock is not the database's) schedules another."""
+    run = Run.objects.waiting_for(WaitKind.SLEEP).filter(id=run_id).only("wake_at").first()
+    if run is None:
+        return Moved(False, why_not="it does not sleep")
+    if run.wake_at > timezone.now():
+        with transaction.atomic():
+            queue.schedule_wake(run_id, run.wake_at)
+        return Moved(False, run, why_not="early")
+    return wake(run_id, WaitKind.SLEEP, actor=SCHEDULER, reason="sleep over")
+
+
+def wake_due(kind, *, actor, reason):
+    """Wake every run that still waits for an event of this kind that has happened (the
+    sweeper's pass, a lifted freeze). Returns how many moved."""
+    return sum(wake(run_id, kind, ref, actor=actor, reason=reason).done for run_id, ref in waits.due(kind))
+
+
+# What operators ask --------------------------------------------------------------------------
+
+
+def request_stop(run_id, request, *, actor, reason=""):
+    """Pause or cancel: a running run is asked, and stops at its next step boundary (the
+    journal's write statement reports the request); any other run moves at once."""
+    to = S.PAUSED if request == Requested.PAUSE else S.CANCELLED
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(id=run_id)
+        if run.status != S.RUNNING:
+            return move(run_id, to, actor=actor, reason=reason or f"{to} by {actor.label}")
+        if run.requested != Requested.CANCEL:  # a cancel is never weakened to a pause
+            run.requested = request
+            run.save(update_fields=["requested", "updated_at"])
+        RunEvent.objects.create(run=run, kind=RunEvent.Kind.REQUEST, actor=actor.label, reason=reason,
+                                details={"requested": request})
+        live.changed(run.id)
+        return Moved(False, run, S.RUNNING, S.RUNNING, why_not=f"{request} requested", pending=run.requested)
+
+
+def honour_request(run_id, pending, *, actor, epoch=None, lease_expired=False, about_to=""):
+    """A run that was leaving `running` found a pause or cancel pending: stop it as asked."""
+    to = S.CANCELLED if pending == Requested.CANCEL else S.PAUSED
+    reason = f"{to} by an operator's request" + (f" (the run was about to {about_to})" if about_to else "")
+    return move(run_id, to, actor=actor, reason=reason, epoch=epoch, lease_expired=lease_expired)

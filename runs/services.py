@@ -1,0 +1,110 @@
+"""What operators do to runs: pause, resume, cancel, and resolve a step in doubt.
+
+Each function is the one path for its action, whichever door it comes through (a page, the
+command line, the API to come): it checks what the action needs, acts, and writes the audit
+entry in the same transaction, in the name of the Actor it is given. A refusal raises
+ActionRefused with a message that says why, and changes nothing.
+"""
+
+from django.db import transaction
+
+from runs import moves
+from runs.models import AuditEntry, JournalEntry, Requested, Run, RunStatus
+
+S = RunStatus
+
+
+class ActionRefused(Exception):
+    """The run's state does not allow the action, or its arguments are wrong; nothing changed."""
+
+
+def pause(run_id, *, actor, reason=""):
+    """A running run stops at its next step boundary; a queued or waiting one at once."""
+    return _stop(run_id, Requested.PAUSE, "pause", actor=actor, reason=reason)
+
+
+def cancel(run_id, *, actor, reason):
+    """Like pause, but for good. A person says why."""
+    if not reason.strip():
+        raise ActionRefused("cancelling needs a reason: say why the run should stop")
+    return _stop(run_id, Requested.CANCEL, "cancel", actor=actor, reason=reason)
+
+
+def _stop(run_id, request, action, *, actor, reason):
+    with transaction.atomic():
+        try:
+            moved = moves.request_stop(run_id, request, actor=actor, reason=reason)
+        except moves.IllegalTransition as error:
+            raise ActionRefused(str(error)) from None
+        AuditEntry.record(actor, action, run_id=run_id, reason=reason)
+    return moved
+
+
+def resume(run_id, *, actor, reason=""):
+    with transaction.atomic():
+        moved = moves.move(run_id, S.QUEUED, actor=actor, reason=reason or "resumed", expect={S.PAUSED})
+        if not moved.done:
+            raise ActionRefused(f"only a paused run can be resumed; this one is {moved.run.get_status_display().lower()}")
+        AuditEntry.record(actor, "resume", run_id=run_id, reason=reason)
+    return moved
+
+
+class Resolution:
+    """What an operator decides about a step in doubt."""
+
+    HAPPENED = "happened"  # the call took effect; the operator's result is what the agent receives
+    RUN_AGAIN = "run_again"  # it did not; it runs again with the same idempotency key
+    FAIL = "fail"  # the agent receives an error with the operator's reason
+    ALL = (HAPPENED, RUN_AGAIN, FAIL)
+
+
+def resolve_step(run_id, seq, resolution, *, actor, result=None, reason=""):
+    """An operator's decision on the step in doubt; the run then goes on. Returns the run."""
+    reason = reason.strip()
+    if resolution not in Resolution.ALL:
+        raise ActionRefused(f"decision must be one of {', '.join(Resolution.ALL)}, not {resolution!r}")
+    if resolution == Resolution.FAIL and not reason:
+        raise ActionRefused("failing a step needs a reason: the agent receives it as the tool's error")
+    if resolution == Resolution.RUN_AGAIN and not reason:
+        raise ActionRefused("running a step again needs a reason: say how you know it did not happen")
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(id=run_id)
+        if run.status != S.NEEDS_ATTENTION:
+            raise ActionRefused(f"run {run_id} is {run.get_status_display().lower()}, not waiting for a decision")
+        intent = JournalEntry.in_doubt(run_id)
+        if intent is None:
+            raise ActionRefused(
+                f"no step of run {run_id} is in doubt: {run.status_reason or 'it needs attention for another reason'}"
+            )
+        if intent.seq != seq:
+            raise ActionRefused(f"step {seq} is not in doubt; step {intent.seq} is")
+        status, outcome, error = {
+            Resolution.HAPPENED: (JournalEntry.Status.SUCCEEDED, result, None),
+            Resolution.RUN_AGAIN: (JournalEntry.Status.ABANDONED, None, None),
+            Resolution.FAIL: (JournalEntry.Status.FAILED, None,
+                              {"type": "failed_by_operator", "message": f"failed by operator: {reason}"}),
+        }[resolution]
+        JournalEntry.objects.create(
+            run_id=run_id, seq=seq, attempt=intent.attempt, phase=JournalEntry.Phase.OUTCOME,
+            kind=intent.kind, name=intent.name, effect=intent.effect, args_hash=intent.args_hash,
+            idempotency_key=intent.idempotency_key, status=status, result=outcome, error=error,
+            actor=actor.label,
+        )
+        run.events.create(kind="resolution", actor=actor.label, reason=reason,
+                          details={"seq": seq, "decision": resolution})
+        moved = moves.move(run_id, S.QUEUED, actor=actor, reason=f"step {seq} resolved: {resolution}")
+        AuditEntry.record(actor, f"resolve_{resolution}", run_id=run_id, reason=reason,
+                          details={"seq": seq, "result": result})
+    return moved.run
+
+
+def available_actions(run):
+    """The operator actions the run's state allows now, read off the allowed moves (the run
+    page shows a button for each that the user may also take)."""
+    can_move_to = moves.TRANSITIONS[run.status]
+    return {
+        "pause": S.PAUSED in can_move_to and run.requested == Requested.NOTHING,
+        "resume": run.status == S.PAUSED,
+        "cancel": S.CANCELLED in can_move_to and run.requested != Requested.CANCEL,
+        "resolve": run.status == S.NEEDS_ATTENTION,
+    }

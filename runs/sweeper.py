@@ -1,0 +1,60 @@
+"""The sweeper's pass: what a lost message or a dead worker would otherwise leave stuck.
+
+Every move re-checks its condition under the run's lock, so a heartbeat or a wake-up that lands
+between the look and the move wins, and a second pass finds nothing more to do.
+"""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from runs import moves, queue
+from runs.actors import SWEEPER
+from runs.models import Run, RunStatus, WaitKind
+from tools.approvals import expire_overdue
+
+S = RunStatus
+# A queued run untouched for this many leases is enqueued again: its job may have been lost
+# (taken by a worker that died before it claimed the run, or lost with Redis). A second job for
+# a run is harmless: only one claim succeeds.
+REQUEUE_AFTER_LEASES = 10
+
+
+# One sweeper query per kind of wait (runs.waits.due), and what the run's history says of it.
+MISSED_WAKE_UPS = {
+    WaitKind.SLEEP: "wake-up overdue",
+    WaitKind.CHILD: "a child run finished",
+    WaitKind.APPROVAL: "its approval request was decided",
+    WaitKind.FREEZE: "the freeze was lifted",
+}
+
+
+def sweep():
+    """One pass. Returns how many runs were handed back from dead workers."""
+    handed_back = hand_back_expired_leases()
+    expire_overdue()
+    for kind, reason in MISSED_WAKE_UPS.items():
+        moves.wake_due(kind, actor=SWEEPER, reason=reason)
+    requeue_lost_jobs()
+    return handed_back
+
+
+def hand_back_expired_leases():
+    handed_back = 0
+    for run_id, epoch, owner in Run.objects.lease_expired().values_list("id", "lease_epoch", "lease_owner"):
+        lapsed = dict(actor=SWEEPER, epoch=epoch, lease_expired=True)
+        moved = moves.move(run_id, S.QUEUED, reason=f"the lease of worker {owner} expired", **lapsed)
+        if moved.pending:
+            moved = moves.honour_request(run_id, moved.pending, about_to="go back to the queue", **lapsed)
+        handed_back += moved.done
+    return handed_back
+
+
+def requeue_lost_jobs():
+    stale = timezone.now() - timedelta(seconds=REQUEUE_AFTER_LEASES * settings.RUN_LEASE_SECONDS)
+    for run_id in Run.objects.filter(status=S.QUEUED, updated_at__lt=stale).values_list("id", flat=True):
+        with transaction.atomic():
+            if Run.objects.filter(id=run_id, status=S.QUEUED, updated_at__lt=stale).update(updated_at=timezone.now()):
+                queue.enqueue_advance(run_id)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from runs.agents import agent
 from runs.llm import provider
-from tools.models import LedgerCall
+from tools.demo.models import LedgerCall
 from tools.registry import Compensation, Reconciled, tool
 
 CALLS = Counter()

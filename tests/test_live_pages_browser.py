@@ -7,7 +7,7 @@ from playwright.sync_api import expect
 from runs.engine import advance_run, start_run
 from runs.models import AuditEntry, Run, RunEvent
 from tests.conftest import kill_worker, log_in, wait_for
-from tools.models import LedgerCall
+from tools.demo.models import LedgerCall
 
 NOT_RELOADED = "window.__notReloaded = true"
 

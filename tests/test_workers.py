@@ -11,7 +11,7 @@ from pathlib import Path
 from runs.engine import start_run, wait_until_settled
 from runs.models import JournalEntry, Run, RunEvent
 from tests.conftest import children, kill_worker, wait_for
-from tools.models import LedgerCall
+from tools.demo.models import LedgerCall
 
 
 def calls(key):

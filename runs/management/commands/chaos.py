@@ -3,7 +3,7 @@
     python manage.py chaos --runs 40 --workers 2 --kill-every 1
 
 Works in its own database (agentops_chaos, made afresh each time), so the dashboard's data is
-never touched. Starts W worker processes, starts N runs of the chaos agent (tools.proving), and
+never touched. Starts W worker processes, starts N runs of the chaos agent (tools.demo.proving),
 every SECONDS kills a random worker together with the work horse it forked, then starts a
 replacement. The sweeper runs in this process. When every run has settled, it checks each run
 against the ledger (the outside world) and prints, as its last line:
@@ -29,8 +29,8 @@ from django.db import close_old_connections
 from runs.engine import SETTLED, in_doubt_step, start_run, sweep
 from runs.models import JournalEntry, Run, RunStatus
 from runs.processes import kill_worker, project_env, start_manage, use_scratch_database
-from tools.models import LedgerCall
-from tools.proving import CHAOS_STEPS, chaos_expected_total
+from tools.demo.models import LedgerCall
+from tools.demo.proving import CHAOS_STEPS, chaos_expected_total
 
 STEP_COUNT = len(CHAOS_STEPS)
 

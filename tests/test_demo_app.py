@@ -88,3 +88,12 @@ def test_seed_demo_with_the_demo_off_makes_the_users_and_no_runs(transactional_d
     assert lines[0].startswith("Demo users")
     assert lines[-1] == "The demo is not loaded (DEMO is off): no demo runs."
     assert not Run.objects.exists()
+
+
+def test_with_the_demo_on_a_command_that_needs_it_goes_on():
+    result = run_python(["manage.py", "bench_journal", "--steps", "0"], DEMO="1")
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "CommandError: --steps and --rounds must be at least 1, --throughput-runs at least 0"
+    )

@@ -10,6 +10,11 @@ STAMP := $(VENV)/.installed
 # `make up` is the local path: DEBUG on unless the environment says otherwise.
 up: export DEBUG ?= 1
 screenshots: export DEBUG ?= 1
+# The demo agents and their tables (tools/demo) load only where asked for: the local path, the
+# screenshots and the suite (whose workers run the chaos agent and count calls in its ledger).
+up: export DEMO ?= 1
+screenshots: export DEMO ?= 1
+test: export DEMO ?= 1
 # The suite runs as production does, DEBUG off, with a key of its own.
 test: export DEBUG ?= 0
 test: export SECRET_KEY ?= insecure-key-for-the-test-suite-only

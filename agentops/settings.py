@@ -102,6 +102,9 @@ def redis_url(name, default):
 
 
 DEBUG = envbool("DEBUG", False)
+# The demo (tools.demo): its agents, the chaos and benchmark agents, and the tables of the
+# outside world they act on. Off unless asked for; `make up` and `make test` turn it on.
+DEMO = envbool("DEMO", False)
 
 SECRET_KEY = env("SECRET_KEY")
 if not SECRET_KEY:
@@ -136,6 +139,7 @@ INSTALLED_APPS = [
     "template_partials",
     "runs",
     "tools",
+    *(["tools.demo"] if DEMO else []),
 ]
 
 MIDDLEWARE = [
@@ -206,8 +210,24 @@ CHANNEL_LAYERS = {
 RQ_QUEUES = {"default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600}}
 
 # The runtime.
-# Modules that define agents and tools (imported at start-up).
-AGENT_MODULES = envlist("AGENT_MODULES", ["tools.demo", "tools.proving"])
+# Modules that define agents and tools (imported at start-up): by default the demo's when DEMO
+# is on, none when it is off.
+DEMO_AGENT_MODULES = ["tools.demo.agents", "tools.demo.proving"]
+AGENT_MODULES = envlist("AGENT_MODULES", DEMO_AGENT_MODULES if DEMO else [])
+for _module in AGENT_MODULES:
+    # The demo's modules import its models, which exist only with its app: say so at start-up,
+    # not in a traceback from the app registry. (tools.demo and tools.proving: names before
+    # issue 8; the first would now load nothing, quietly.)
+    if _module in ("tools.demo", "tools.proving"):
+        raise ImproperlyConfigured(
+            f"AGENT_MODULES names {_module!r}, which has moved: the demo's agents are in "
+            f"{','.join(DEMO_AGENT_MODULES)}, loaded by default when DEMO=1"
+        )
+    if _module.startswith("tools.demo.") and not DEMO:
+        raise ImproperlyConfigured(
+            f"AGENT_MODULES names {_module!r}, a module of the demo, but DEMO is off: "
+            "set DEMO=1, or take the demo's modules out of AGENT_MODULES"
+        )
 # How long a worker's claim on a run lasts without a heartbeat. A run whose worker died is
 # taken over this long after the last heartbeat (heartbeats come three times per lease).
 RUN_LEASE_SECONDS = envint("RUN_LEASE_SECONDS", 30)

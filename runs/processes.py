@@ -33,6 +33,7 @@ def project_env(**extra):
         REDIS_URL=settings.REDIS_URL,
         SECRET_KEY=settings.SECRET_KEY,
         DEBUG="1" if settings.DEBUG else "0",
+        DEMO="1" if settings.DEMO else "0",
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

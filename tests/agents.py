@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from runs.actors import Actor
 from runs.agents import agent
 from runs.llm import provider
-from tools.models import LedgerCall
+from tools.demo.models import LedgerCall
 from tools.registry import Compensation, Reconciled, tool
 
 # Who starts the suite's runs, where no person does.

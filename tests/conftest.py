@@ -12,15 +12,21 @@ import time
 from pathlib import Path
 
 import pytest
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 
-import tests.agents  # noqa: F401  (registers the test agents and tools)
 from runs.processes import (  # noqa: F401  (some are imported by the tests from here)
     CHROMIUM, CHROMIUM_FLAGS, children, free_port, kill_worker, project_env, signal_quietly,
     start_manage, wait_for_port,
 )
 from runs.roles import ADMIN, OPERATOR, VIEWER
+
+# The suite's worker tests count calls in the demo's ledger and run its chaos agent.
+if not apps.is_installed("tools.demo"):
+    raise pytest.UsageError("the test suite needs the demo: run it with DEMO=1, as `make test` does")
+
+import tests.agents  # noqa: E402, F401  (registers the test agents and tools)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PASSWORD = "a-long-test-password"
@@ -59,7 +65,8 @@ def outsider(db):
 
 
 def subprocess_env(**extra):
-    """The environment for a project process that must use the test database."""
+    """The environment for a project process that must use the test database (DEBUG off, the
+    demo on as in this process: project_env carries DEMO)."""
     agent_modules = ",".join([*settings.AGENT_MODULES, "tests.agents"])
     return project_env(DEBUG="0", AGENT_MODULES=agent_modules, **extra)
 

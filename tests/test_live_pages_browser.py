@@ -10,7 +10,7 @@ from runs.moves import start_run
 from tests.agents import TEST
 from runs.models import AuditEntry, Run, RunEvent
 from tests.conftest import kill_worker, log_in, wait_for
-from tools.models import LedgerCall
+from tools.demo.models import LedgerCall
 
 NOT_RELOADED = "window.__notReloaded = true"
 

@@ -13,7 +13,7 @@ from runs.moves import start_run
 from tests.agents import TEST
 from runs.models import JournalEntry, Run, RunEvent
 from tests.conftest import children, kill_worker, wait_for
-from tools.models import LedgerCall
+from tools.demo.models import LedgerCall
 
 
 def calls(key):

@@ -1,8 +1,4 @@
-"""The demo world: the outside world that the demo and proving tools act on.
-
-These tables stand for other people's systems (a mail service, a payment provider, a ledger).
-Each tool writes them in its own transaction, as a remote call would, never inside ours.
-"""
+"""The registry as the database knows it, who may call what, the freeze and approvals."""
 
 from typing import NamedTuple
 
@@ -11,62 +7,6 @@ from django.core.validators import MinValueValidator
 from django.db import models
 
 from runs.agents import AGENTS
-
-
-class SentEmail(models.Model):
-    """A mail service that sends whatever it is asked to: it does not dedupe."""
-
-    to = models.CharField(max_length=200)
-    subject = models.CharField(max_length=200)
-    body = models.TextField()
-    idempotency_key = models.CharField(max_length=200)
-    sent_at = models.DateTimeField(auto_now_add=True)
-
-    def __str__(self):
-        return f"to {self.to}: {self.subject}"
-
-
-class Refund(models.Model):
-    """A payment provider that dedupes refunds on the idempotency key."""
-
-    order_id = models.CharField(max_length=100)
-    amount_cents = models.PositiveIntegerField()
-    idempotency_key = models.CharField(max_length=200)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(name="refund_idempotency_key_unique", fields=["idempotency_key"]),
-        ]
-
-    def __str__(self):
-        return f"refund {self.amount_cents} on {self.order_id}"
-
-
-class LedgerCall(models.Model):
-    """Every call the chaos agent's tools receive, and whether it took effect (executed).
-
-    An idempotent tool's downstream takes effect once per key and records later calls with
-    executed=False; a non-idempotent one takes effect at every call. `manage.py chaos` counts
-    keys that took effect more than once.
-    """
-
-    key = models.CharField(max_length=200)
-    tool = models.CharField(max_length=100)
-    executed = models.BooleanField()
-    amount = models.IntegerField(default=0)
-    called_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        indexes = [models.Index(name="ledger_call_key_idx", fields=["key"])]
-        constraints = [
-            # The idempotent downstream: one effect per key.
-            models.UniqueConstraint(
-                name="ledger_idempotent_effect_once",
-                fields=["key"],
-                condition=models.Q(executed=True, tool__in=["chaos_deposit"]),
-            ),
-        ]
 
 
 # The registry as the database knows it, and who may call what -------------------------------

@@ -2,7 +2,8 @@
 
     python manage.py bench_journal --steps 2000 [--rounds 3] [--throughput-runs 500] [--profile]
 
-In its own database (agentops_bench, made afresh), it times, in this process:
+In its own database (agentops_bench, made afresh), it times, in this process (the agents are
+the demo's, in tools.demo.proving, so it needs DEMO=1):
 - a run of the agent bench_reads: N no-op read steps (one journal row and one commit each);
 - a run of bench_writes: N no-op idempotent write steps (intent and outcome: two commits each);
 - a baseline of N single-row autocommit INSERTs of the same payload into a plain table.
@@ -34,6 +35,7 @@ from runs.queue import run_queue
 from runs.recorder import canonical_json, hash_json
 from runs.models import Run, RunStatus
 from runs.processes import kill_worker, project_env, start_manage, use_scratch_database
+from tools.demo import require_demo
 
 RAW_INSERT = """
 INSERT INTO bench_raw_insert (
@@ -54,6 +56,7 @@ class Command(BaseCommand):
         parser.add_argument("--profile", action="store_true", help="print where a write step's time goes")
 
     def handle(self, *args, steps, rounds, throughput_runs, profile, **options):
+        require_demo("bench_journal")
         if steps < 1 or rounds < 1 or throughput_runs < 0:
             raise CommandError("--steps and --rounds must be at least 1, --throughput-runs at least 0")
         use_scratch_database("bench")

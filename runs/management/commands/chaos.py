@@ -3,10 +3,10 @@
     python manage.py chaos --runs 40 --workers 2 --kill-every 1
 
 Works in its own database (agentops_chaos, made afresh each time), so the dashboard's data is
-never touched. Starts W worker processes, starts N runs of the chaos agent (tools.proving), and
-every SECONDS kills a random worker together with the work horse it forked, then starts a
-replacement. The sweeper runs in this process. When every run has settled, it checks each run
-against the ledger (the outside world) and prints, as its last line:
+never touched. Needs the demo (DEMO=1). Starts W worker processes, starts N runs of the chaos
+agent (tools.demo.proving), and every SECONDS kills a random worker together with the work horse
+it forked, then starts a replacement. The sweeper runs in this process. When every run has
+settled, it checks each run against the ledger (the outside world) and prints, as its last line:
 
     chaos: runs=N succeeded=S needs_attention=A lost=L duplicate_effects=D kills=K
 
@@ -31,10 +31,7 @@ from runs.moves import SETTLED, start_run
 from runs.sweeper import sweep
 from runs.models import JournalEntry, Run, RunStatus
 from runs.processes import kill_worker, project_env, start_manage, use_scratch_database
-from tools.models import LedgerCall
-from tools.proving import CHAOS_STEPS, chaos_expected_total
-
-STEP_COUNT = len(CHAOS_STEPS)
+from tools.demo import require_demo
 
 
 class Command(BaseCommand):
@@ -49,6 +46,7 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=None)
 
     def handle(self, *args, runs, workers, kill_every, lease, timeout, seed, **options):
+        require_demo("chaos")
         if runs < 1 or workers < 1 or kill_every <= 0:
             raise CommandError("--runs and --workers must be at least 1, --kill-every above 0")
         chooser = random.Random(seed)
@@ -114,11 +112,17 @@ class Command(BaseCommand):
 
     def compare_with_ledger(self, run_ids, unsettled):
         """Compare each run's journal with the ledger."""
+        # Imported here, not at the top: the demo's models can be imported only when its app is
+        # installed, and without it this command must still load to say so (require_demo).
+        from tools.demo.models import LedgerCall
+        from tools.demo.proving import CHAOS_STEPS, chaos_expected_total
+
+        step_count = len(CHAOS_STEPS)
         problems = []
         lost = set(unsettled)
         for run_id in unsettled:
             problems.append(f"run {run_id} never settled")
-        keys = {f"{run_id}:{seq}" for run_id in run_ids for seq in range(1, STEP_COUNT + 1)}
+        keys = {f"{run_id}:{seq}" for run_id in run_ids for seq in range(1, step_count + 1)}
         calls = list(LedgerCall.objects.filter(key__in=keys).values_list("key", "executed", "called_at"))
         effects = Counter(key for key, executed, _ in calls if executed)
         duplicates = {key for key, count in effects.items() if count > 1}
@@ -151,7 +155,7 @@ class Command(BaseCommand):
                 if run.output != {"account": run.input["account"], "total": expected}:
                     problems.append(f"run {run.id} returned {run.output}, expected total {expected}")
                     lost.add(run.id)
-                if done != set(range(1, STEP_COUNT + 1)):
+                if done != set(range(1, step_count + 1)):
                     problems.append(f"run {run.id} succeeded with journaled steps {sorted(done)}")
                     lost.add(run.id)
             elif run.status == RunStatus.NEEDS_ATTENTION:
@@ -163,7 +167,7 @@ class Command(BaseCommand):
                 lost.add(run.id)
             # Every effect in the outside world has its journaled outcome, or is the step in doubt.
             in_doubt = JournalEntry.in_doubt(run.id)
-            for seq in range(1, STEP_COUNT + 1):
+            for seq in range(1, step_count + 1):
                 if effects.get(f"{run.id}:{seq}") and seq not in done and not (in_doubt and in_doubt.seq == seq):
                     problems.append(f"run {run.id} step {seq} took effect but its outcome is not journaled")
                     lost.add(run.id)

@@ -25,6 +25,7 @@ from runs.processes import (
     use_scratch_database, wait_for_port,
 )
 from runs.roles import OPERATOR
+from tools.demo import require_demo
 from tools.models import Approval
 
 PASSWORD = "screenshots-only-password"
@@ -34,6 +35,7 @@ class Command(BaseCommand):
     help = "Take docs/screenshots/*.png from the demo data."
 
     def handle(self, *args, **options):
+        require_demo("screenshots")
         if not Path(CHROMIUM).exists():
             raise CommandError(f"{CHROMIUM} is missing: apt-get install chromium")
         from playwright.sync_api import sync_playwright

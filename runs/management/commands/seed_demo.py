@@ -1,4 +1,5 @@
-"""Make the demo users (DEBUG only) and print their passwords; start the demo runs.
+"""Make the demo users (DEBUG only) and print their passwords; start the demo runs (when the
+demo is loaded: DEMO=1).
 
 The passwords are new at every call, so what is printed is always what works. The demo runs
 carry idempotency keys, so a second `make up` does not start them again.
@@ -6,6 +7,7 @@ carry idempotency keys, so a second `make up` does not start them again.
 
 import secrets
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand
@@ -24,7 +26,7 @@ DEMO_RUNS = [
 
 
 class Command(BaseCommand):
-    help = "In DEBUG, create or reset the demo users admin, operator and viewer."
+    help = "In DEBUG, create or reset the demo users admin, operator and viewer; start the demo runs."
 
     def handle(self, *args, **options):
         if not settings.DEBUG:
@@ -43,6 +45,9 @@ class Command(BaseCommand):
             user.save()
             user.groups.set([Group.objects.get(name=role)])
             self.stdout.write(f"  {username:<9} {password}   ({role})")
+        if not apps.is_installed("tools.demo"):
+            self.stdout.write("The demo is not loaded (DEMO is off): no demo runs.")
+            return
         for key, agent, data in DEMO_RUNS:
             start_run(agent, data, started_by=Actor.system("demo"), idempotency_key=key)
         self.stdout.write(f"Demo runs: {len(DEMO_RUNS)} (started once; see the runs page)")

@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tools', '0004_approvals'),
+        ('tools', '0005_demo_moves_to_its_app'),
     ]
 
     operations = [

@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 from pydantic import BaseModel, Field
 
 from runs.agents import agent
-from tools.models import LedgerCall
+from tools.demo.models import LedgerCall
 from tools.registry import Compensation, Reconciled, tool
 
 

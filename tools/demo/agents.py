@@ -1,13 +1,13 @@
 """Demo agents and tools for `make up`: a support desk that refunds orders and emails customers.
 
-The "outside world" is the tables of tools.models: refunds (a provider that dedupes on the
+The "outside world" is the tables of tools.demo.models: refunds (a provider that dedupes on the
 idempotency key) and sent emails (a mail service that does not).
 """
 
 from pydantic import BaseModel, Field
 
 from runs.agents import agent
-from tools.models import Refund, SentEmail
+from tools.demo.models import Refund, SentEmail
 from tools.registry import Compensation, tool
 
 ORDERS = {

@@ -207,7 +207,9 @@ CHANNEL_LAYERS = {
     }
 }
 
-RQ_QUEUES = {"default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600}}
+# The run queue, as django-rq's dashboard (/django-rq/) shows it: named after the database, as
+# runs.queue.run_queue names it, so the dashboard shows the queue the workers take jobs from.
+RQ_QUEUES = {f"runs.{DATABASES['default']['NAME']}": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600}}
 
 # The runtime.
 # Modules that define agents and tools (imported at start-up): by default the demo's when DEMO

@@ -69,3 +69,14 @@ def test_env_example_lists_every_variable_the_settings_read():
     listed = set(re.findall(r"^([A-Z_]+)=", text, flags=re.MULTILINE))
 
     assert listed == settings.ENVIRONMENT_VARIABLES
+
+
+def test_the_rq_dashboard_shows_the_queue_the_workers_take_jobs_from():
+    show = ("import django; django.setup(); from django.conf import settings; from runs.queue import run_queue; "
+            "print(list(settings.RQ_QUEUES), run_queue().name)")
+    result = subprocess.run(
+        [sys.executable, "-c", show], cwd=PROJECT_DIR, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "SECRET_KEY": "k", "DEBUG": "0", "DJANGO_SETTINGS_MODULE": "agentops.settings",
+             "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/shop_agents"},
+    )
+    assert result.stdout.split() == ["['runs.shop_agents']", "runs.shop_agents"], result.stderr

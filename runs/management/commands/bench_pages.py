@@ -2,8 +2,8 @@
 
     python manage.py bench_pages [--samples 30]
 
-Works in its own database, agentops_pages, seeded once (and again only if its sizes differ)
-with --runs runs (default 100,000) holding --journal-rows journal rows (default 1,000,000), and
+Works in its own database, agentops_pages (DBNAME_pages for another DATABASE_URL), seeded
+once (and again only if its sizes differ) with --runs runs (default 100,000) holding --journal-rows journal rows (default 1,000,000), and
 one run of --big-run-steps steps (default 5,000). Then it requests, through Django's full stack
 (middleware, view, template) as a signed-in operator, the first page of runs, a filtered page,
 a page deep in the list, and the page of the long run, --samples times each, and prints as its
@@ -41,7 +41,7 @@ class Command(BaseCommand):
     def handle(self, *args, runs, journal_rows, big_run_steps, samples, **options):
         if runs < 100 or journal_rows < runs or big_run_steps < 1 or samples < 1:
             raise CommandError("--runs at least 100, --journal-rows at least --runs, the others at least 1")
-        use_scratch_database("agentops_pages", keep=True)
+        use_scratch_database("pages", keep=True)
         big_run_id = self.seed(runs, journal_rows, big_run_steps)
 
         client = Client(HTTP_HOST="localhost")
@@ -87,7 +87,7 @@ class Command(BaseCommand):
             have_rows = cursor.fetchone()[0]
             if have_runs == runs + 1 and have_rows == journal_rows + big_rows:
                 cursor.execute("SELECT run_id FROM runs_journalentry GROUP BY run_id ORDER BY count(*) DESC LIMIT 1")
-                self.stdout.write("bench_pages: using the data seeded earlier in agentops_pages")
+                self.stdout.write(f"bench_pages: using the data seeded earlier in {connection.settings_dict['NAME']}")
                 return cursor.fetchone()[0]
             self.stdout.write(f"bench_pages: seeding {runs} runs and {journal_rows} journal rows (once)")
             began = time.perf_counter()

@@ -2,7 +2,8 @@
 
     python manage.py chaos --runs 40 --workers 2 --kill-every 1
 
-Works in its own database (agentops_chaos, made afresh each time), so the dashboard's data is
+Works in its own database (agentops_chaos, or DBNAME_chaos for a DATABASE_URL naming another;
+made afresh each time), so the dashboard's data is
 never touched. Starts W worker processes, starts N runs of the chaos agent (tools.proving), and
 every SECONDS kills a random worker together with the work horse it forked, then starts a
 replacement. The sweeper runs in this process. When every run has settled, it checks each run
@@ -50,11 +51,11 @@ class Command(BaseCommand):
         if runs < 1 or workers < 1 or kill_every <= 0:
             raise CommandError("--runs and --workers must be at least 1, --kill-every above 0")
         chooser = random.Random(seed)
-        use_scratch_database("agentops_chaos")
+        database = use_scratch_database("chaos")
         settings.RUN_LEASE_SECONDS = lease
         env = project_env(RUN_LEASE_SECONDS=str(lease))
         log_dir = Path(tempfile.mkdtemp(prefix="agentops-chaos-"))
-        self.stdout.write(f"chaos: database agentops_chaos, worker logs in {log_dir}")
+        self.stdout.write(f"chaos: database {database}, worker logs in {log_dir}")
 
         pool = []
         started = 0

@@ -3,7 +3,7 @@ demo data, for docs/screenshots/.
 
     make screenshots
 
-Works in its own database (agentops_screens, made afresh): starts the demo runs, serves them
+Works in its own database (agentops_screens, or DBNAME_screens; made afresh): starts the demo runs, serves them
 with daphne, two workers and the sweeper, waits for the runs to get somewhere, and takes the
 pictures in Chromium as the demo operator.
 """
@@ -36,7 +36,7 @@ class Command(BaseCommand):
             raise CommandError(f"{CHROMIUM} is missing: apt-get install chromium")
         from playwright.sync_api import sync_playwright
 
-        use_scratch_database("agentops_screens")
+        use_scratch_database("screens")
         user = User.objects.create_user("operator", password=PASSWORD)
         user.groups.set([Group.objects.get(name=OPERATOR)])
         from tools.models import Approval

@@ -224,10 +224,11 @@ def advance_run(run_id):
         with Heartbeat(lease):
             return execute(lease)
     finally:
-        # The work horse exits when the job ends: publish what it changed, and leave no
-        # connection behind.
-        live.flush()
-        connections.close_all()
+        # A work horse publishes what it changed and closes its connections; a no-fork
+        # worker keeps them for its next job (runs.workers).
+        from runs.workers import end_of_job
+
+        end_of_job()
 
 
 def execute(lease):

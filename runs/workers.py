@@ -40,10 +40,11 @@ class ReusingWorker(SimpleWorker):
     """Runs each job in this process and keeps the database connections between jobs.
 
     Before and after every job, Django's close_old_connections() closes a connection that is
-    broken, past CONN_MAX_AGE, or left with autocommit off (a transaction still open), as it
-    does around every web request. A job that raised (JobTimeoutException included: RQ's
-    timeout is a SIGALRM that raises inside the job, here as in a work horse) may have been
-    interrupted in the middle of a statement, so after a failed job every connection is closed.
+    broken, past CONN_MAX_AGE, or left with autocommit off, as it does around every web
+    request; after a job, so is one on which the server still holds a transaction open. A job
+    that raised (JobTimeoutException included: RQ's timeout is a SIGALRM that raises inside the
+    job, here as in a work horse; it does not stop the worker) may have been interrupted in the
+    middle of a statement, so after a failed job every connection is closed.
     """
 
     def execute_job(self, job, queue):
@@ -70,9 +71,19 @@ def tidy_connections(failed):
             if conn.connection is not None:
                 conn.connection.close()
             del connections[conn.alias]
-        elif failed:
+        elif failed or in_transaction(conn):
             conn.close()
     close_old_connections()
+
+
+def in_transaction(conn):
+    """Whether the server holds a transaction open on this connection outside atomic() (one a
+    job began by hand, or one that failed): the next job's autocommit writes would land in it.
+    libpq tracks the state, so asking costs no round trip."""
+    from psycopg.pq import TransactionStatus
+
+    raw = conn.connection
+    return raw is not None and not raw.closed and raw.info.transaction_status != TransactionStatus.IDLE
 
 
 def worker_class(fork):

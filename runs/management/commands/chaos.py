@@ -1,12 +1,12 @@
 """Crash proof: run the chaos agent on real workers while SIGKILLing them, then count.
 
-    python manage.py chaos --runs 40 --workers 2 --kill-every 1
+    python manage.py chaos --runs 40 --workers 2 --kill-every 1 [--fork | --no-fork]
 
 Works in its own database (agentops_chaos, or DBNAME_chaos for a DATABASE_URL naming another;
 made afresh each time), so the dashboard's data is
 never touched. Starts W worker processes, starts N runs of the chaos agent (tools.proving), and
-every SECONDS kills a random worker together with the work horse it forked, then starts a
-replacement. The sweeper runs in this process. When every run has settled, it checks each run
+every SECONDS kills a random worker together with the work horse it forked (with --fork; without
+it, the worker process runs the job itself), then starts a replacement. The sweeper runs in this process. When every run has settled, it checks each run
 against the ledger (the outside world) and prints, as its last line:
 
     chaos: runs=N succeeded=S needs_attention=A lost=L duplicate_effects=D kills=K
@@ -16,6 +16,7 @@ journal misses a step that the ledger shows took effect. duplicate_effects: idem
 (one per step) that took effect more than once. Exits 1 when L or D is above zero.
 """
 
+import argparse
 import random
 import sys
 import tempfile
@@ -46,16 +47,23 @@ class Command(BaseCommand):
         parser.add_argument("--lease", type=int, default=2, help="lease seconds for the workers")
         parser.add_argument("--timeout", type=float, default=290, help="seconds to wait for every run to settle")
         parser.add_argument("--seed", type=int, default=None)
+        parser.add_argument(
+            "--fork", action=argparse.BooleanOptionalAction, default=None,
+            help="workers run each job in a forked work horse (default: the WORKER_FORK setting)",
+        )
 
-    def handle(self, *args, runs, workers, kill_every, lease, timeout, seed, **options):
+    def handle(self, *args, runs, workers, kill_every, lease, timeout, seed, fork, **options):
         if runs < 1 or workers < 1 or kill_every <= 0:
             raise CommandError("--runs and --workers must be at least 1, --kill-every above 0")
         chooser = random.Random(seed)
+        fork = settings.WORKER_FORK if fork is None else fork
         database = use_scratch_database("chaos")
         settings.RUN_LEASE_SECONDS = lease
         env = project_env(RUN_LEASE_SECONDS=str(lease))
         log_dir = Path(tempfile.mkdtemp(prefix="agentops-chaos-"))
-        self.stdout.write(f"chaos: database {database}, worker logs in {log_dir}")
+        self.stdout.write(
+            f"chaos: database {database}, workers {'with' if fork else 'without'} the fork, worker logs in {log_dir}"
+        )
 
         pool = []
         started = 0
@@ -64,7 +72,7 @@ class Command(BaseCommand):
             nonlocal started
             started += 1
             log = open(log_dir / f"worker-{started}.log", "w")
-            pool.append(start_manage(["worker"], env, log))
+            pool.append(start_manage(["worker", "--fork" if fork else "--no-fork"], env, log))
 
         for _ in range(workers):
             start_worker()

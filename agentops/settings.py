@@ -240,6 +240,12 @@ SWEEP_INTERVAL_SECONDS = envint("SWEEP_INTERVAL_SECONDS", 5)
 if SWEEP_INTERVAL_SECONDS < 1:
     raise ImproperlyConfigured(f"SWEEP_INTERVAL_SECONDS={SWEEP_INTERVAL_SECONDS} must be at least 1")
 
+# Whether a worker runs each job in a forked work horse (RQ's Worker: a new process, database
+# connection and Redis connection per job) or in itself (RQ's SimpleWorker, keeping its
+# connections). Leases and fencing, not the fork, protect the journal from a dying worker.
+# `manage.py worker --fork/--no-fork` overrides it.
+WORKER_FORK = envbool("WORKER_FORK", False)
+
 # Four eyes: the person who started a run may not approve its steps.
 APPROVALS_FORBID_SELF = envbool("APPROVALS_FORBID_SELF", True)
 

@@ -15,9 +15,9 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import DatabaseError, connection, connections
+from django.db import DatabaseError, connection
 
-from runs import live, moves
+from runs import moves
 from runs.actors import Actor
 from runs.agents import InvalidInput, get_agent
 from runs.context import Context
@@ -26,6 +26,7 @@ from runs.recorder import (
     CancelRequested, FailRun, Fenced, JournalUnavailable, NeedsAttention, PauseRequested, Recorder,
     ToolError, Wait, load_journal,
 )
+from runs.workers import end_of_job
 
 S = RunStatus
 log = logging.getLogger(__name__)
@@ -79,10 +80,9 @@ def advance_run(run_id):
         with Heartbeat(lease):
             return execute(lease)
     finally:
-        # The work horse exits when the job ends: publish what it changed, and leave no
-        # connection behind.
-        live.flush()
-        connections.close_all()
+        # A work horse publishes what it changed and closes its connections; a no-fork
+        # worker keeps them for its next job (runs.workers).
+        end_of_job()
 
 
 def wake_run(run_id):

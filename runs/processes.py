@@ -123,17 +123,24 @@ def kill_worker(process):
     return forked
 
 
-def use_scratch_database(purpose, keep=False):
-    """Point this process at a migrated database of its own, named after the configured one
-    and the purpose ("agentops_chaos"): new (dropped first if it exists), or with keep=True,
-    the one left by an earlier call.
+def scratch_database_name(kind):
+    """The scratch database of `kind` for the configured database: agentops_KIND for the
+    default `agentops`, DBNAME_KIND for any other, so that two checkouts with databases of
+    their own never drop each other's scratch databases (nor share their run queues)."""
+    return f"{connection.settings_dict['NAME']}_{kind}"
+
+
+def use_scratch_database(kind, keep=False):
+    """Point this process at a migrated scratch database (scratch_database_name): new (dropped
+    first if it exists), or with keep=True, the one left by an earlier call. Returns its name.
 
     The chaos and benchmark commands work there, never in the dashboard's database; and two
     checkouts configured with different databases never drop each other's scratch database.
     """
-    name = f"{connection.settings_dict['NAME']}_{purpose}"
+    name = scratch_database_name(kind)
     if not keep:
         with connection._nodb_cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     connection.settings_dict["TEST"]["NAME"] = name
     connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False, keepdb=keep)
+    return name

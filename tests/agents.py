@@ -7,6 +7,7 @@ moment would (the intent written, no outcome). Tests with real worker processes 
 LedgerCall, the demo world's table, written in the tool's own transaction.
 """
 
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -368,3 +369,45 @@ def t_receipts(ctx, request: Value) -> str:
 @agent("t_guarded_parent")
 def t_guarded_parent(ctx, request: Value) -> dict:
     return ctx.run_child("t_deleter", {"value": request.value})
+
+
+# For the no-fork workers: which process and which database connection ran a step.
+
+
+class Numbered(BaseModel):
+    value: int
+
+
+@tool(effect="read")
+def w_backend(args: Numbered) -> dict:
+    """Records the worker's pid (in the key) and its database backend's pid (as the amount)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    LedgerCall.objects.create(key=f"w_backend:{args.value}:pid={os.getpid()}", tool="w_backend",
+                              executed=True, amount=backend)
+    return {"backend": backend}
+
+
+@agent("w_backend_pid")
+def w_backend_pid(ctx, request: Numbered) -> int:
+    return ctx.tool("w_backend", value=request.value)["backend"]
+
+
+@tool(effect="read")
+def w_leave_transaction(args: Numbered) -> dict:
+    """Leaves its connection inside a transaction that Django does not know of: open (value 0),
+    or failed (value 1)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("BEGIN")
+        cursor.execute("SELECT 1 / %s", [1 - args.value])
+    return {}
+
+
+@agent("w_transaction_leaver")
+def w_transaction_leaver(ctx, request: Numbered) -> dict:
+    return ctx.tool("w_leave_transaction", value=request.value)

@@ -152,9 +152,13 @@ class Workers:
         self.log_dir = log_dir
         self.processes = []
 
-    def start(self, scheduler=True):
+    def start(self, scheduler=True, fork=None):
+        """fork: True or False to choose; None for the default (the WORKER_FORK setting)."""
         log = open(self.log_dir / f"worker-{len(self.processes)}.log", "w")
-        process = start_manage(["worker", "--with-scheduler"] if scheduler else ["worker"], self.env, log)
+        args = ["worker", "--with-scheduler"] if scheduler else ["worker"]
+        if fork is not None:
+            args.append("--fork" if fork else "--no-fork")
+        process = start_manage(args, self.env, log)
         self.processes.append(process)
         return process
 

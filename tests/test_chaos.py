@@ -1,16 +1,20 @@
-"""`manage.py chaos`, small: real workers SIGKILLed while chaos runs execute."""
+"""`manage.py chaos`, small: real workers SIGKILLed while chaos runs execute, with and without
+the fork."""
 
 import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import PROJECT_DIR, subprocess_env
 
 
-def test_chaos_loses_nothing_and_repeats_no_effect():
+@pytest.mark.parametrize("mode", ["--no-fork", "--fork"])
+def test_chaos_loses_nothing_and_repeats_no_effect(mode):
     result = subprocess.run(
         [sys.executable, "manage.py", "chaos", "--runs", "8", "--workers", "2", "--kill-every", "0.7",
-         "--timeout", "120", "--seed", "7"],
+         "--timeout", "120", "--seed", "7", mode],
         cwd=PROJECT_DIR, env=subprocess_env(), capture_output=True, text=True, timeout=300,
     )
 

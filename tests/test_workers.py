@@ -1,4 +1,5 @@
-"""Crash safety with real processes: RQ workers killed with SIGKILL, stopped with SIGSTOP.
+"""Crash safety with real processes: RQ workers killed with SIGKILL, stopped with SIGSTOP, with
+the fork (a work horse per job) and without it (the worker process runs its jobs itself).
 
 Calls are counted in the outside world (LedgerCall, written by the tools in their own
 transactions), not in our own tables.
@@ -7,6 +8,8 @@ transactions), not in our own tables.
 import os
 import signal
 from pathlib import Path
+
+import pytest
 
 from runs.engine import wait_until_settled
 from runs.moves import start_run
@@ -31,7 +34,7 @@ def blocked_in_step_3(run):
 
 
 def test_a_worker_killed_while_a_tool_blocks_is_replaced_and_completed_steps_ran_once(workers, tmp_path):
-    first = workers.start()
+    first = workers.start(fork=True)
     workers.sweeper()
     run, release = start_blocker(tmp_path)
     wait_for(lambda: blocked_in_step_3(run), what="the blocking tool call")
@@ -39,7 +42,7 @@ def test_a_worker_killed_while_a_tool_blocks_is_replaced_and_completed_steps_ran
     horses = kill_worker(first)
     assert horses  # the work horse, in the middle of the job (and the scheduler process)
     release.touch()
-    workers.start()
+    workers.start(fork=True)
     run = wait_until_settled(run.id, timeout=60)
 
     assert run.status == "succeeded", run.status_reason
@@ -52,7 +55,7 @@ def test_a_worker_killed_while_a_tool_blocks_is_replaced_and_completed_steps_ran
 
 
 def test_a_worker_stopped_past_its_lease_cannot_write_when_it_continues(workers, tmp_path):
-    stale = workers.start(scheduler=False)  # so that its one child is the work horse
+    stale = workers.start(scheduler=False, fork=True)  # so that its one child is the work horse
     workers.sweeper()
     run, release = start_blocker(tmp_path)
     wait_for(lambda: blocked_in_step_3(run), what="the blocking tool call")
@@ -130,3 +133,73 @@ def test_a_call_longer_than_the_lease_keeps_its_worker_by_heartbeat(workers, tmp
     assert calls(f"{run.id}:1") == 1
     assert not RunEvent.objects.filter(run=run, actor="system:sweeper").exists()
     assert RunEvent.objects.filter(run=run, to_status="running").count() == 1
+
+
+# Without the fork ------------------------------------------------------------------------------
+
+
+def backend_calls(run_ids):
+    """(worker pid, database backend pid) of each run's w_backend call, in the runs' order."""
+    found = {}
+    for key, backend in LedgerCall.objects.filter(tool="w_backend").values_list("key", "amount"):
+        _, value, pid = key.split(":")
+        found[int(value)] = (int(pid.removeprefix("pid=")), backend)
+    return [found[value] for value in range(len(run_ids))]
+
+
+@pytest.mark.parametrize("fork", [False, True], ids=["no-fork", "fork"])
+def test_a_no_fork_worker_runs_its_jobs_in_one_process_on_one_connection(workers, fork):
+    worker = workers.start(scheduler=False, fork=fork)
+    run_ids = [start_run("w_backend_pid", {"value": n}, started_by=TEST).id for n in range(6)]
+
+    for run_id in run_ids:
+        assert wait_until_settled(run_id, timeout=60).status == "succeeded"
+
+    calls_made = backend_calls(run_ids)
+    processes = {pid for pid, _ in calls_made}
+    backends = {backend for _, backend in calls_made}
+    if fork:
+        # A work horse per job, each with a connection of its own.
+        assert worker.pid not in processes and len(processes) == len(backends) == 6
+    else:
+        assert processes == {worker.pid}
+        assert len(backends) == 1  # the second to sixth jobs reused the first one's connection
+        assert children(worker.pid) == []  # and nothing was forked
+
+
+@pytest.mark.parametrize("failed", [0, 1], ids=["open", "failed"])
+def test_a_no_fork_worker_closes_a_connection_a_job_left_in_a_transaction(workers, failed):
+    worker = workers.start(scheduler=False, fork=False)
+    leaver = start_run("w_transaction_leaver", {"value": failed}, started_by=TEST)
+    wait_for(lambda: Run.objects.get(id=leaver.id).status != "queued", what="the claim of the run that leaves a transaction")
+    after = [start_run("w_backend_pid", {"value": n}, started_by=TEST).id for n in range(2)]
+
+    for run_id in after:
+        assert wait_until_settled(run_id, timeout=60).status == "succeeded"
+    (first_pid, first_backend), (second_pid, second_backend) = backend_calls(after)
+    assert first_pid == second_pid == worker.pid
+    assert first_backend == second_backend
+    assert worker.poll() is None
+
+
+def test_a_killed_no_fork_worker_is_the_process_that_ran_the_job_and_another_finishes_the_run(workers, tmp_path):
+    first = workers.start(scheduler=False, fork=False)
+    workers.sweeper()
+    run, release = start_blocker(tmp_path)
+    wait_for(lambda: blocked_in_step_3(run), what="the blocking tool call")
+    intent = JournalEntry.objects.get(run=run, seq=3, phase="intent")
+    assert intent.actor.endswith(f":{first.pid}")  # the worker itself is in the tool call
+
+    assert kill_worker(first) == []  # no work horse: the kill stopped the job
+    release.touch()
+    second = workers.start(scheduler=False, fork=False)
+    run = wait_until_settled(run.id, timeout=60)
+
+    assert run.status == "succeeded", run.status_reason
+    assert calls("w_read:7") == 1
+    assert calls(f"{run.id}:2") == 1
+    assert calls(f"{run.id}:3") == 2  # in doubt: the idempotent write runs again, with the same key
+    assert calls(f"{run.id}:4") == 1
+    finished_by = JournalEntry.objects.get(run=run, seq=4, phase="outcome").actor
+    assert finished_by.endswith(f":{second.pid}")
+    assert RunEvent.objects.filter(run=run, actor="system:sweeper").exists()

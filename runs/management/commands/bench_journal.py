@@ -2,13 +2,19 @@
 
     python manage.py bench_journal --steps 2000 [--rounds 3] [--throughput-runs 500] [--profile]
 
-In its own database (agentops_bench, made afresh), it times, in this process (the agents are
-the demo's, in tools.demo.proving, so it needs DEMO=1):
+In its own database (agentops_bench, or DBNAME_bench for a DATABASE_URL naming another; made
+afresh), it times, in this process (the agents are the demo's, in tools.demo.proving, so it
+needs DEMO=1):
 - a run of the agent bench_reads: N no-op read steps (one journal row and one commit each);
 - a run of bench_writes: N no-op idempotent write steps (intent and outcome: two commits each);
 - a baseline of N single-row autocommit INSERTs of the same payload into a plain table.
-Each is repeated --rounds times and the median is kept. Then it starts two worker processes
-and measures runs started and finished per second for --throughput-runs one-step runs.
+Each is repeated --rounds times and the median is kept. Then, for each worker mode (--fork,
+then --no-fork), it starts two worker processes and measures runs started and finished per
+second for --throughput-runs one-step runs (0 skips this), from the first enqueue until the
+last run has finished:
+
+    bench_journal: throughput: runs=500 workers=2 fork=on finished_per_s=F started_per_s=S wall_s=T
+
 The last line is:
 
     bench_journal: read_step_us=R write_step_us=W raw_insert_us=B write_over_raw=X read_over_raw=Y
@@ -26,6 +32,7 @@ import psycopg
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
+from django.db.models import Max
 from rq import Worker
 
 from runs.actors import Actor
@@ -33,7 +40,7 @@ from runs.engine import advance_run
 from runs.moves import start_run
 from runs.queue import run_queue
 from runs.recorder import canonical_json, hash_json
-from runs.models import Run, RunStatus
+from runs.models import FINISHED, Run, RunStatus
 from runs.processes import kill_worker, project_env, start_manage, use_scratch_database
 from tools.demo import require_demo
 
@@ -75,7 +82,8 @@ class Command(BaseCommand):
         if profile:
             self.profile_writes(steps)
         if throughput_runs:
-            self.throughput(throughput_runs)
+            for fork in (True, False):
+                self.throughput(throughput_runs, fork)
         self.stdout.write(
             f"bench_journal: read_step_us={read_us:.0f} write_step_us={write_us:.0f} "
             f"raw_insert_us={raw_us:.0f} write_over_raw={write_us / raw_us:.2f} "
@@ -123,32 +131,50 @@ class Command(BaseCommand):
             if line.strip():
                 self.stdout.write(f"  {line}")
 
-    def throughput(self, count):
+    def throughput(self, count, fork):
+        """`count` one-step runs on two worker processes, from the first enqueue to the last finish."""
         queue = run_queue()
-        log_dir = Path(tempfile.mkdtemp(prefix="agentops-bench-"))
+        mode = "on" if fork else "off"
+        log_dir = Path(tempfile.mkdtemp(prefix=f"agentops-bench-fork-{mode}-"))
         env = project_env()
-        workers = [start_manage(["worker"], env, open(log_dir / f"worker-{n}.log", "w")) for n in range(2)]
+        names = [f"bench-fork-{mode}-{n}-{time.time_ns()}" for n in range(2)]
+        workers = [
+            start_manage(["worker", "--fork" if fork else "--no-fork", "--name", name], env,
+                         open(log_dir / f"{name}.log", "w"))
+            for name in names
+        ]
         try:
             deadline = time.monotonic() + 30
-            while len(Worker.all(queue=queue)) < 2:
+            while not set(names) <= {worker.name for worker in Worker.all(queue=queue)}:
                 if time.monotonic() > deadline:
                     raise CommandError(f"the workers did not start; see {log_dir}")
                 time.sleep(0.05)
+            began_at = database_now()
             began = time.perf_counter()
             ids = [start_run("bench_one_step", {"steps": n}, started_by=Actor.system("bench")).id for n in range(count)]
             started = time.perf_counter() - began
-            while Run.objects.filter(id__in=ids).exclude(status=RunStatus.SUCCEEDED).exists():
+            runs = Run.objects.filter(id__in=ids)
+            while runs.exclude(status=RunStatus.SUCCEEDED).exists():
+                if runs.filter(status__in=FINISHED - {RunStatus.SUCCEEDED}).exists():
+                    raise CommandError(f"a throughput run did not succeed; see {log_dir}")
                 if time.perf_counter() - began > 600:
                     raise CommandError("the throughput runs did not finish within 600 s")
-                time.sleep(0.02)
-            elapsed = time.perf_counter() - began
+                time.sleep(0.1)
+            # The last run's own finish time (the database's clock), not when we looked.
+            elapsed = (runs.aggregate(last=Max("finished_at"))["last"] - began_at).total_seconds()
         finally:
             for worker in workers:
                 kill_worker(worker)
         self.stdout.write(
-            f"bench_journal: throughput runs={count} workers=2 started_per_s={count / started:.0f} "
-            f"finished_per_s={count / elapsed:.1f} wall_s={elapsed:.2f}"
+            f"bench_journal: throughput: runs={count} workers=2 fork={mode} "
+            f"finished_per_s={count / elapsed:.1f} started_per_s={count / started:.0f} wall_s={elapsed:.2f}"
         )
+
+
+def database_now():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        return cursor.fetchone()[0]
 
 
 def fmt(values):

@@ -2,8 +2,8 @@
 
     python manage.py bench_pages [--samples 30]
 
-Works in its own database, agentops_pages, seeded once (and again only if its sizes differ)
-with --runs runs (default 100,000) holding --journal-rows journal rows (default 1,000,000), and
+Works in its own database, agentops_pages (DBNAME_pages for another DATABASE_URL), seeded
+once (and again only if its sizes differ) with --runs runs (default 100,000) holding --journal-rows journal rows (default 1,000,000), and
 one run of --big-run-steps steps (default 5,000). Then it requests, through Django's full stack
 (middleware, view, template) as a signed-in operator, the first page of runs, a filtered page,
 a page deep in the list, and the page of the long run, --samples times each, and prints as its

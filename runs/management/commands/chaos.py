@@ -1,12 +1,14 @@
 """Crash proof: run the chaos agent on real workers while SIGKILLing them, then count.
 
-    python manage.py chaos --runs 40 --workers 2 --kill-every 1
+    python manage.py chaos --runs 40 --workers 2 --kill-every 1 [--fork | --no-fork]
 
-Works in its own database (agentops_chaos, made afresh each time), so the dashboard's data is
-never touched. Needs the demo (DEMO=1). Starts W worker processes, starts N runs of the chaos
-agent (tools.demo.proving), and every SECONDS kills a random worker together with the work horse
-it forked, then starts a replacement. The sweeper runs in this process. When every run has
-settled, it checks each run against the ledger (the outside world) and prints, as its last line:
+Works in its own database (agentops_chaos, or DBNAME_chaos for a DATABASE_URL naming another;
+made afresh each time), so the dashboard's data is never touched. Needs the demo (DEMO=1).
+Starts W worker processes, starts N runs of the chaos agent (tools.demo.proving), and every
+SECONDS kills a random worker together with the work horse it forked (with --fork; without it,
+the worker process runs the job itself), then starts a replacement. The sweeper runs in this
+process. When every run has settled, it checks each run against the ledger (the outside world)
+and prints, as its last line:
 
     chaos: runs=N succeeded=S needs_attention=A lost=L duplicate_effects=D kills=K
 
@@ -15,6 +17,7 @@ journal misses a step that the ledger shows took effect. duplicate_effects: idem
 (one per step) that took effect more than once. Exits 1 when L or D is above zero.
 """
 
+import argparse
 import random
 import sys
 import tempfile
@@ -44,17 +47,24 @@ class Command(BaseCommand):
         parser.add_argument("--lease", type=int, default=2, help="lease seconds for the workers")
         parser.add_argument("--timeout", type=float, default=290, help="seconds to wait for every run to settle")
         parser.add_argument("--seed", type=int, default=None)
+        parser.add_argument(
+            "--fork", action=argparse.BooleanOptionalAction, default=None,
+            help="workers run each job in a forked work horse (default: the WORKER_FORK setting)",
+        )
 
-    def handle(self, *args, runs, workers, kill_every, lease, timeout, seed, **options):
+    def handle(self, *args, runs, workers, kill_every, lease, timeout, seed, fork, **options):
         require_demo("chaos")
         if runs < 1 or workers < 1 or kill_every <= 0:
             raise CommandError("--runs and --workers must be at least 1, --kill-every above 0")
         chooser = random.Random(seed)
-        use_scratch_database("chaos")
+        fork = settings.WORKER_FORK if fork is None else fork
+        database = use_scratch_database("chaos")
         settings.RUN_LEASE_SECONDS = lease
         env = project_env(RUN_LEASE_SECONDS=str(lease))
         log_dir = Path(tempfile.mkdtemp(prefix="agentops-chaos-"))
-        self.stdout.write(f"chaos: database {connection.settings_dict['NAME']}, worker logs in {log_dir}")
+        self.stdout.write(
+            f"chaos: database {database}, workers {'with' if fork else 'without'} the fork, worker logs in {log_dir}"
+        )
 
         pool = []
         started = 0
@@ -63,7 +73,7 @@ class Command(BaseCommand):
             nonlocal started
             started += 1
             log = open(log_dir / f"worker-{started}.log", "w")
-            pool.append(start_manage(["worker"], env, log))
+            pool.append(start_manage(["worker", "--fork" if fork else "--no-fork"], env, log))
 
         for _ in range(workers):
             start_worker()

@@ -3,7 +3,7 @@ demo data, for docs/screenshots/.
 
     make screenshots
 
-Works in its own database (agentops_screens, made afresh): starts the demo runs, serves them
+Works in its own database (agentops_screens, or DBNAME_screens; made afresh): starts the demo runs, serves them
 with daphne, two workers and the sweeper, waits for the runs to get somewhere, and takes the
 pictures in Chromium as the demo operator.
 """

@@ -1,7 +1,8 @@
 """Serve the dashboard with its workers, in the foreground, until Ctrl-C.
 
 Starts the ASGI server (daphne), two RQ workers (one of which also runs RQ's scheduler for jobs
-that wait: sleeps, backoffs) and the sweeper, which hands back the runs of dead workers. Ctrl-C, or SIGTERM, stops everything this command started;
+that wait: sleeps, backoffs; with or without a forked work horse per job as WORKER_FORK says,
+without by default) and the sweeper, which hands back the runs of dead workers. Ctrl-C, or SIGTERM, stops everything this command started;
 if any of them dies on its own, the others are stopped too and the command fails.
 """
 

@@ -94,12 +94,11 @@ def wake_run(run_id):
 def execute(lease):
     """Run the agent from the top against the journal, then move the run on. Returns its new
     status, or what stopped the worker ("fenced", "stopped")."""
-    run = Run.objects.only("agent", "input").get(id=lease.run_id)
-    recorder = Recorder(lease, load_journal(run.id), agent=run.agent)
-    end = Ending(lease, run.agent)
+    recorder = Recorder(lease, load_journal(lease.run_id), agent=lease.agent)
+    end = Ending(lease, lease.agent)
     try:
-        agent = get_agent(run.agent)
-        value = agent.fn(Context(recorder), agent.parse_input(run.input))
+        agent = get_agent(lease.agent)
+        value = agent.fn(Context(recorder), agent.parse_input(lease.input))
         output = agent.dump_output(value)
     except Wait as wait:
         moved = end.suspend(wait.wait)
@@ -116,11 +115,11 @@ def execute(lease):
         moved = end.move(S.FAILED, error=failure.error)
     except JournalUnavailable as error:
         # The run stays as it is; its lease expires and the sweeper hands it on.
-        log.error("run %s stopped: %s", run.id, error)
+        log.error("run %s stopped: %s", lease.run_id, error)
         return "stopped"
     except Exception as error:
         expected = isinstance(error, (ToolError, InvalidInput))
-        log.info("run %s failed: %s", run.id, error, exc_info=not expected)
+        log.info("run %s failed: %s", lease.run_id, error, exc_info=not expected)
         if isinstance(error, ToolError):
             failure = {"type": error.type, "message": error.message}
         else:

@@ -13,9 +13,11 @@ What follows a move is done after commit, here and nowhere else:
 - a run that finished wakes its parent, if the parent waits for it.
 """
 
+import json
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -71,6 +73,9 @@ class Lease:
     run_id: object
     owner: str
     epoch: int
+    # What the claim read of the run, so that the advance need not read it again.
+    agent: str = ""
+    input: Any = None
 
 
 @dataclass(frozen=True)
@@ -149,12 +154,12 @@ WITH claimed AS (
         lease_expires_at = now() + make_interval(secs => %(lease)s),
         lease_epoch = lease_epoch + 1, started_at = COALESCE(started_at, now()), updated_at = now()
     WHERE id = %(run)s AND status = 'queued'
-    RETURNING id, lease_epoch
+    RETURNING id, lease_epoch, agent, input
 ), event AS (
     INSERT INTO runs_runevent (run_id, at, kind, from_status, to_status, actor, reason)
     SELECT id, now(), 'transition', 'queued', 'running', %(actor)s, '' FROM claimed
 )
-SELECT lease_epoch FROM claimed
+SELECT lease_epoch, agent, input FROM claimed
 """
 
 
@@ -171,7 +176,9 @@ def claim(run_id, owner):
     if row is None:
         return None
     live.changed(run_id)
-    return Lease(run_id=run_id, owner=owner, epoch=row[0])
+    epoch, agent, input = row
+    # Django has psycopg hand jsonb over as text.
+    return Lease(run_id=run_id, owner=owner, epoch=epoch, agent=agent, input=json.loads(input))
 
 
 def extend_lease(lease):
@@ -187,14 +194,31 @@ def extend_lease(lease):
 
 # The move ------------------------------------------------------------------------------------
 
-_MOVE_FIELDS = [
-    "status", "lease_owner", "lease_expires_at", "requested", "wait_kind", "wait_ref", "wake_at",
-    "status_reason", "finished_at", "updated_at",
-]
+# The move itself, once its conditions were checked under the row's lock: the new state and its
+# event row in one statement (it runs at the end of every advance).
+MOVE_SQL = """
+WITH moved AS (
+    UPDATE runs_run
+    SET status = %(to)s, lease_owner = '', lease_expires_at = NULL, requested = '',
+        wait_kind = %(wait_kind)s, wait_ref = %(wait_ref)s, wake_at = %(wake_at)s,
+        status_reason = %(shown_reason)s,
+        finished_at = CASE WHEN %(finishes)s THEN now() ELSE finished_at END,
+        output = CASE WHEN %(sets_output)s THEN %(output)s::jsonb ELSE output END,
+        error = CASE WHEN %(sets_error)s THEN %(error)s::jsonb ELSE error END,
+        updated_at = now()
+    WHERE id = %(run)s
+    RETURNING finished_at, updated_at
+), event AS (
+    INSERT INTO runs_runevent (run_id, at, kind, from_status, to_status, actor, reason)
+    SELECT %(run)s, now(), 'transition', %(before)s, %(to)s, %(actor)s, %(reason)s FROM moved
+)
+SELECT finished_at, updated_at FROM moved
+"""
+_NO_VALUE = object()
 
 
 def move(run_id, to, *, actor, reason="", epoch=None, expect=None, waiting_for=None,
-         lease_expired=False, wait=None, **fields):
+         lease_expired=False, wait=None, output=_NO_VALUE, error=_NO_VALUE):
     """Move a run to status `to`, in one transaction with its event row; returns a Moved.
 
     Conditions, each checked under the row's lock (a journal write in flight finishes first,
@@ -203,39 +227,58 @@ def move(run_id, to, *, actor, reason="", epoch=None, expect=None, waiting_for=N
     - expect: only from one of these statuses;
     - waiting_for: (kind, ref) only while the run waits for that (ref None: any of the kind);
     - lease_expired: only if the lease has expired by the database's clock.
-    An illegal move raises IllegalTransition (the database would refuse it too).
+    An illegal move raises IllegalTransition (the database would refuse it too). A run starts
+    running only through claim. `output` and `error` are set with a finishing move.
     """
     with transaction.atomic():
-        run = Run.objects.select_for_update().get(id=run_id)
+        run = _locked(run_id)
         before = run.status
         why_not = _unmet(run, epoch, expect, waiting_for, lease_expired)
         if why_not:
             return Moved(False, run, before, before, why_not=why_not)
         if run.status == S.RUNNING and run.requested and to in (S.QUEUED, S.WAITING):
             return Moved(False, run, before, before, why_not=f"{run.requested} requested", pending=run.requested)
-        if to not in TRANSITIONS[run.status]:
+        if to not in TRANSITIONS[run.status] or to == S.RUNNING:
             raise IllegalTransition(f"a {run.get_status_display().lower()} run cannot become {to}")
-        run.status = to
-        if to != S.RUNNING:
-            run.lease_owner, run.lease_expires_at, run.requested = "", None, Requested.NOTHING
         if to == S.WAITING:
             run.wait_kind, run.wait_ref, run.wake_at = wait.kind, wait.ref, wait.wake_at
             reason = reason or wait.reason
         else:
             run.wait_kind, run.wait_ref, run.wake_at = "", "", None
+        run.status, run.lease_owner, run.lease_expires_at, run.requested = to, "", None, Requested.NOTHING
         run.status_reason = reason if to in EXPLAINED else ""
-        for name, value in fields.items():
-            setattr(run, name, value)
-        if to in FINISHED:
-            run.finished_at = Now()
-        run.save(update_fields=[*_MOVE_FIELDS, *fields])
-        RunEvent.objects.create(
-            run=run, kind=RunEvent.Kind.TRANSITION, from_status=before, to_status=to,
-            actor=actor.label, reason=reason,
-        )
-        run.refresh_from_db(fields=["finished_at", "updated_at"])
+        if output is not _NO_VALUE:
+            run.output = output
+        if error is not _NO_VALUE:
+            run.error = error
+        with connection.cursor() as cursor:
+            cursor.execute(MOVE_SQL, {
+                "run": run.id, "to": to, "before": before, "actor": actor.label, "reason": reason,
+                "wait_kind": run.wait_kind, "wait_ref": run.wait_ref, "wake_at": run.wake_at,
+                "shown_reason": run.status_reason, "finishes": to in FINISHED,
+                "sets_output": output is not _NO_VALUE, "output": _json(output),
+                "sets_error": error is not _NO_VALUE, "error": _json(error),
+            })
+            run.finished_at, run.updated_at = cursor.fetchone()
         _after_commit(run, before)
     return Moved(True, run, before, to)
+
+
+# The row a move locks, with what a move reads of it (the other fields load when asked for).
+LOCK_SQL = """
+SELECT id, status, requested, lease_epoch, wait_kind, wait_ref, parent_id FROM runs_run
+WHERE id = %s FOR UPDATE
+"""
+
+
+def _locked(run_id):
+    for run in Run.objects.raw(LOCK_SQL, [run_id]):
+        return run
+    raise Run.DoesNotExist(f"there is no run {run_id}")
+
+
+def _json(value):
+    return None if value is _NO_VALUE or value is None else json.dumps(value)
 
 
 def _unmet(run, epoch, expect, waiting_for, lease_expired):

@@ -14,6 +14,7 @@ the sweeper hands the run on, and the epoch fences any write it might still try.
 import logging
 
 from django.db import close_old_connections, connections
+from psycopg.pq import TransactionStatus
 from rq import SimpleWorker, Worker
 
 from runs import live
@@ -80,8 +81,6 @@ def in_transaction(conn):
     """Whether the server holds a transaction open on this connection outside atomic() (one a
     job began by hand, or one that failed): the next job's autocommit writes would land in it.
     libpq tracks the state, so asking costs no round trip."""
-    from psycopg.pq import TransactionStatus
-
     raw = conn.connection
     return raw is not None and not raw.closed and raw.info.transaction_status != TransactionStatus.IDLE
 

@@ -181,6 +181,13 @@ def t_parent(ctx, request: Value) -> dict:
     return {"child": str(child), "output": ctx.wait_child(child)}
 
 
+@agent("t_two_children")
+def t_two_children(ctx, request: Value) -> list:
+    first = ctx.start_child("t_sleeper", {"seconds": 3600})
+    second = ctx.start_child("t_sleeper", {"seconds": 3600})
+    return [ctx.wait_child(second), ctx.wait_child(first)]
+
+
 @agent("t_child")
 def t_child(ctx, request: Value) -> int:
     ctx.sleep(0.5)

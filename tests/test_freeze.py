@@ -30,7 +30,7 @@ def test_a_frozen_run_waits_before_its_first_write_and_goes_on_when_lifted(freez
     advance_run(run.id)
 
     run.refresh_from_db()
-    assert run.status == "waiting"
+    assert (run.status, run.wait_kind) == ("waiting", "freeze")
     assert run.status_reason == "frozen: code freeze for the release"
     assert list(JournalEntry.objects.filter(run=run).values_list("seq", "phase", "name")) == [(1, "outcome", "f_read")]
 
@@ -83,7 +83,7 @@ def test_the_freeze_race_no_write_intent_commits_after_the_freeze(freeze_state, 
     for run in late:
         wait_for(lambda: JournalEntry.objects.filter(run=run, name="f_read", phase="outcome").exists(),
                  what="a read during the freeze")
-    wait_for(lambda: Run.objects.filter(status="waiting", status_reason="frozen: stop the world").count() == 6,
+    wait_for(lambda: Run.objects.filter(status="waiting", wait_kind="freeze").count() == 6,
              timeout=30, what="every run waiting for the freeze")
     before_lift = intents()
 
@@ -146,7 +146,7 @@ def test_without_the_freeze_state_row_writes_refuse_rather_than_race(transaction
     advance_run(run.id)
 
     run = Run.objects.get(id=run.id)
-    assert run.status == "waiting"
+    assert (run.status, run.wait_kind) == ("waiting", "freeze")
     assert run.status_reason == "frozen: the freeze state is missing (run manage.py migrate)"
     assert not JournalEntry.objects.filter(run=run, phase="intent").exists()
 

@@ -407,3 +407,21 @@ def test_a_worker_that_lost_its_lease_cannot_write():
     assert rows(run) == []
     assert execute(fresh) == "succeeded"
     assert EFFECTS  # the fresh worker did the work
+
+
+def test_a_parent_waits_for_the_child_it_named_and_the_sweeper_wakes_it_for_no_other():
+    """Fault found by a new user: with one child cancelled and another still waiting, the
+    sweeper re-queued the parent every pass ("a child run finished"), minutes on end."""
+    parent = advance(start("t_two_children", {"value": 1}))
+    first, second = Run.objects.filter(parent=parent).order_by("created_at")
+    assert (parent.status, parent.wait_kind, parent.wait_ref) == ("waiting", "child", str(second.id))
+    advance(first)
+    request_cancel(first.id, actor=Actor("user", "otto"), reason="not needed")
+    events = RunEvent.objects.filter(run=parent).count()
+
+    for _ in range(3):
+        sweep()
+
+    parent.refresh_from_db()
+    assert (parent.status, parent.wait_ref) == ("waiting", str(second.id))
+    assert RunEvent.objects.filter(run=parent).count() == events

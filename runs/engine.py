@@ -102,10 +102,8 @@ def execute(lease):
         output = agent.dump_output(value)
     except Wait as wait:
         moved = end.suspend(wait.wait)
-    except PauseRequested:
-        moved = end.move(S.PAUSED, reason="paused by an operator's request")
-    except CancelRequested:
-        moved = end.move(S.CANCELLED, reason="cancelled by an operator's request")
+    except (PauseRequested, CancelRequested):
+        moved = end.honour_request()
     except NeedsAttention as attention:
         moved = end.move(S.NEEDS_ATTENTION, reason=attention.reason)
     except Fenced as fenced:
@@ -139,14 +137,15 @@ class Ending:
         self.actor = Actor.worker(lease.owner)
 
     def move(self, to, *, reason="", **fields):
-        return moves.move(self.lease.run_id, to, actor=self.actor, reason=reason, epoch=self.lease.epoch, **fields)
+        moved = moves.move(self.lease.run_id, to, actor=self.actor, reason=reason, epoch=self.lease.epoch, **fields)
+        return self.honour_request(about_to=f"become {to}") if moved.pending else moved
 
     def suspend(self, wait):
         moved = moves.suspend(self.lease, wait, agent=self.agent)
-        if moved.pending:
-            return moves.honour_request(self.lease.run_id, moved.pending, actor=self.actor,
-                                        epoch=self.lease.epoch, about_to="wait")
-        return moved
+        return self.honour_request(about_to="wait") if moved.pending else moved
+
+    def honour_request(self, about_to=""):
+        return moves.honour_request(self.lease.run_id, actor=self.actor, epoch=self.lease.epoch, about_to=about_to)
 
 
 def wait_until_settled(run_id, timeout):

@@ -142,10 +142,14 @@ class Run(models.Model):
             models.CheckConstraint(
                 name="run_wait_kind_valid", condition=models.Q(wait_kind__in=["", *WaitKind.values])
             ),
-            # A sleep knows when it ends.
+            # A sleep knows when it ends; a wait for a child or an approval names which.
             models.CheckConstraint(
                 name="run_sleep_has_wake_at",
                 condition=~models.Q(wait_kind=WaitKind.SLEEP) | models.Q(wake_at__isnull=False),
+            ),
+            models.CheckConstraint(
+                name="run_wait_names_its_reference",
+                condition=~models.Q(wait_kind__in=[WaitKind.CHILD, WaitKind.APPROVAL]) | ~models.Q(wait_ref=""),
             ),
             models.UniqueConstraint(
                 name="run_idempotency_key_unique",

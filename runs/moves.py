@@ -236,7 +236,7 @@ def move(run_id, to, *, actor, reason="", epoch=None, expect=None, waiting_for=N
         why_not = _unmet(run, epoch, expect, waiting_for, lease_expired)
         if why_not:
             return Moved(False, run, before, before, why_not=why_not)
-        if run.status == S.RUNNING and run.requested and to in (S.QUEUED, S.WAITING):
+        if _overrides(run, to):
             return Moved(False, run, before, before, why_not=f"{run.requested} requested", pending=run.requested)
         if to not in TRANSITIONS[run.status] or to == S.RUNNING:
             raise IllegalTransition(f"a {run.get_status_display().lower()} run cannot become {to}")
@@ -281,6 +281,17 @@ def _json(value):
     return None if value is _NO_VALUE or value is None else json.dumps(value)
 
 
+def _overrides(run, to):
+    """Whether an operator's pending request must be honoured instead of this move: a pause or
+    a cancel over going back to the queue or waiting; a cancel over pausing or needing
+    attention. A run that finishes anyway (succeeds, fails) needs neither."""
+    if run.status != S.RUNNING or not run.requested:
+        return False
+    if to in (S.QUEUED, S.WAITING):
+        return True
+    return run.requested == Requested.CANCEL and to in (S.PAUSED, S.NEEDS_ATTENTION)
+
+
 def _unmet(run, epoch, expect, waiting_for, lease_expired):
     if epoch is not None and (run.lease_epoch != epoch or run.status != S.RUNNING):
         return "fenced: another worker holds the run"
@@ -305,10 +316,11 @@ def _after_commit(run, before):
         queue.schedule_wake(run.id, run.wake_at)
     if run.status in FINISHED and run.parent_id:
         parent_id, child_id = run.parent_id, run.id
+        # robust: the child's move has committed; a failed wake is the sweeper's to find.
         transaction.on_commit(lambda: wake(
             parent_id, WaitKind.CHILD, child_id, actor=Actor.run(child_id),
             reason=f"child run {child_id} {run.status}",
-        ))
+        ), robust=True)
 
 
 # Waiting and waking ----------------------------------------------------------------------------
@@ -320,8 +332,8 @@ def suspend(lease, wait, *, agent):
     actor = Actor.worker(lease.owner)
     with transaction.atomic():
         if waits.is_over(wait, agent):
-            return move(lease.run_id, S.QUEUED, actor=actor, epoch=lease.epoch,
-                        reason=f"no wait: {wait.kind} {wait.ref} is over".rstrip())
+            over = f"{wait.kind} {wait.ref}" if wait.ref else wait.kind
+            return move(lease.run_id, S.QUEUED, actor=actor, epoch=lease.epoch, reason=f"no wait: {over} is over")
         return move(lease.run_id, S.WAITING, actor=actor, epoch=lease.epoch, wait=wait)
 
 
@@ -370,8 +382,13 @@ def request_stop(run_id, request, *, actor, reason=""):
         return Moved(False, run, S.RUNNING, S.RUNNING, why_not=f"{request} requested", pending=run.requested)
 
 
-def honour_request(run_id, pending, *, actor, epoch=None, lease_expired=False, about_to=""):
-    """A run that was leaving `running` found a pause or cancel pending: stop it as asked."""
-    to = S.CANCELLED if pending == Requested.CANCEL else S.PAUSED
-    reason = f"{to} by an operator's request" + (f" (the run was about to {about_to})" if about_to else "")
-    return move(run_id, to, actor=actor, reason=reason, epoch=epoch, lease_expired=lease_expired)
+def honour_request(run_id, *, actor, epoch=None, lease_expired=False, about_to=""):
+    """Stop a running run as an operator asked (the pause or cancel pending now, read under the
+    run's lock, so a cancel that came after a pause is the one honoured)."""
+    with transaction.atomic():
+        requested = _locked(run_id).requested
+        if not requested:
+            return Moved(False, why_not="no pause or cancel is pending")
+        to = S.CANCELLED if requested == Requested.CANCEL else S.PAUSED
+        reason = f"{to} by an operator's request" + (f" (the run was about to {about_to})" if about_to else "")
+        return move(run_id, to, actor=actor, reason=reason, epoch=epoch, lease_expired=lease_expired)

@@ -327,7 +327,7 @@ class Recorder:
         if self.dry_run:
             raise EndOfJournal(self.seq)
         if step.guarded:
-            step = self._with_arguments(step, self.policy.rerun(TOOLS[step.name], self.seq, step.args))
+            step = self._rerun_as_approved(step, last)
         if last.phase == OUTCOME:  # abandoned by an operator: run it again
             return self._execute(step, attempt=last.attempt + 1)
         return self._recover_in_doubt(step, last)
@@ -346,6 +346,8 @@ class Recorder:
         )
 
     def _replay(self, row):
+        if row.status == FAILED and row.error.get("fails_run"):
+            raise FailRun(row.error)  # a refusal that failed the run fails it again
         if row.status == FAILED:
             raise ToolError(row.error["type"], row.error["message"])
         return row.result
@@ -362,6 +364,22 @@ class Recorder:
             self._nondeterminism(step, decision.source, K.TOOL, decision.name, decision.args_hash)
         return self._with_arguments(step, decision)
 
+    def _rerun_as_approved(self, step, last):
+        """A step that runs again makes the call that was approved, edits included. If those
+        arguments no longer fit the tool, a step abandoned by an operator fails (as its next
+        attempt); a step in doubt goes to a person, since its call may have happened."""
+        decision = self.policy.rerun(TOOLS[step.name], self.seq, step.args)
+        if isinstance(decision, Refuse) and last.phase == INTENT:
+            raise NeedsAttention(
+                f"step {self.seq} ({step.effect} {step.name!r}) is in doubt, and the arguments "
+                f"approved for it can no longer be used ({decision.message}). Decide: it "
+                "happened (give its result), or fail it.",
+                self.seq,
+            )
+        if isinstance(decision, Refuse):
+            self._refuse(step, decision, attempt=last.attempt + 1)
+        return self._with_arguments(step, decision)
+
     def _with_arguments(self, step, decision):
         if isinstance(decision, Refuse):
             self._refuse(step, decision)
@@ -374,9 +392,11 @@ class Recorder:
         model = spec.parse(decision.args)
         return replace(step, stored_args=decision.args, call=lambda key: spec.call(model, key))
 
-    def _refuse(self, step, refusal):
+    def _refuse(self, step, refusal, attempt=1):
         error = {"type": refusal.type, "message": refusal.message}
-        self._write(replace(step, writes_intent=False), 1, OUTCOME, status=FAILED, error=error)
+        if refusal.fails_run:
+            error["fails_run"] = True
+        self._write(replace(step, writes_intent=False), attempt, OUTCOME, status=FAILED, error=error)
         if refusal.fails_run:
             raise FailRun(error)
         raise ToolError(refusal.type, refusal.message)

@@ -12,11 +12,14 @@ from dataclasses import dataclass
 
 from runs.agents import UnknownAgent, get_agent
 from runs.context import Context
-from runs.models import FINISHED, Run, RunStatus
+from runs.models import Run, RunStatus
 from runs.moves import Lease
-from runs.recorder import EndOfJournal, NeedsAttention, Recorder, ToolError, load_journal
+from runs.recorder import EndOfJournal, FailRun, NeedsAttention, Recorder, ToolError, load_journal
 
 S = RunStatus
+# The runs whose end the code itself made: past their last step, it returned or raised. Any
+# other run may stop anywhere (cancelled, paused, waiting, in doubt).
+ENDED_BY_THE_CODE = {S.SUCCEEDED, S.FAILED}
 
 
 @dataclass(frozen=True)
@@ -39,12 +42,17 @@ def replay(run):
         value = agent.fn(Context(recorder), agent.parse_input(run.input))
         output = agent.dump_output(value)
     except EndOfJournal as end:
-        if run.status in FINISHED:
+        if run.status in ENDED_BY_THE_CODE:
             return Replayed(run, False, end.seq - 1,
                             f"the code asks for step {end.seq}, but the run {run.status} after step {recorded}")
-        return Replayed(run, True, end.seq - 1)  # the same so far; the rest is yet to happen
+        # The same so far: the rest is yet to happen, or never will (a cancelled run).
+        return Replayed(run, True, end.seq - 1)
     except NeedsAttention as attention:
         return Replayed(run, False, attention.seq - 1, attention.reason)
+    except FailRun as failure:
+        if run.status == S.FAILED and run.error == failure.error:
+            return Replayed(run, True, recorder.seq)
+        return Replayed(run, False, recorder.seq, f"the code fails the run ({failure.error['message']}), but the run is {run.status}")
     except Exception as error:
         return _ended_with_error(run, recorder, recorded, error)
     if recorder.seq < recorded:

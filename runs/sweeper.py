@@ -4,10 +4,11 @@ Every move re-checks its condition under the run's lock, so a heartbeat or a wak
 between the look and the move wins, and a second pass finds nothing more to do.
 """
 
+import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from runs import moves, queue
@@ -16,6 +17,7 @@ from runs.models import Run, RunStatus, WaitKind
 from tools.approvals import expire_overdue
 
 S = RunStatus
+log = logging.getLogger(__name__)
 # A queued run untouched for this many leases is enqueued again: its job may have been lost
 # (taken by a worker that died before it claimed the run, or lost with Redis). A second job for
 # a run is harmless: only one claim succeeds.
@@ -32,13 +34,25 @@ MISSED_WAKE_UPS = {
 
 
 def sweep():
-    """One pass. Returns how many runs were handed back from dead workers."""
-    handed_back = hand_back_expired_leases()
-    expire_overdue()
+    """One pass. Returns how many runs were handed back from dead workers.
+
+    Each part runs on its own: one that fails (a database hiccup, a row it cannot read) is
+    logged, and the others still run.
+    """
+    handed_back = _part(hand_back_expired_leases) or 0
+    _part(expire_overdue)
     for kind, reason in MISSED_WAKE_UPS.items():
-        moves.wake_due(kind, actor=SWEEPER, reason=reason)
-    requeue_lost_jobs()
+        _part(moves.wake_due, kind, actor=SWEEPER, reason=reason)
+    _part(requeue_lost_jobs)
     return handed_back
+
+
+def _part(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except DatabaseError:
+        log.exception("the sweeper's %s failed; the next pass tries again", fn.__name__)
+        return None
 
 
 def hand_back_expired_leases():
@@ -47,7 +61,7 @@ def hand_back_expired_leases():
         lapsed = dict(actor=SWEEPER, epoch=epoch, lease_expired=True)
         moved = moves.move(run_id, S.QUEUED, reason=f"the lease of worker {owner} expired", **lapsed)
         if moved.pending:
-            moved = moves.honour_request(run_id, moved.pending, about_to="go back to the queue", **lapsed)
+            moved = moves.honour_request(run_id, about_to="go back to the queue", **lapsed)
         handed_back += moved.done
     return handed_back
 

@@ -10,7 +10,7 @@ the runs waiting for it back to the queue through runs.moves.wake, and one sweep
 | sleep    | (wake_at)        | wake_at has passed                          | the scheduled job           |
 | child    | child run id     | the child run finished                      | the child's finishing move  |
 | approval | approval id      | the request is no longer pending            | the decision, or the expiry |
-| freeze   | (the run's agent)| no freeze covers the run's agent            | lifting the freeze          |
+| freeze   | (none)           | no freeze covers the run's agent            | lifting the freeze          |
 """
 
 from dataclasses import dataclass
@@ -97,12 +97,12 @@ def _due_approvals():
 
 
 def _due_freezes():
+    # The freeze's rule is FreezeState.reason_for; the query only narrows to the waiting runs.
     state = FreezeState.objects.filter(id=1).first()
     if state is None:
         return Run.objects.none()
-    if state.global_reason:
-        return Run.objects.none()
-    return Run.objects.waiting_for(WaitKind.FREEZE).exclude(agent__in=list(state.agents))
+    waiting = Run.objects.waiting_for(WaitKind.FREEZE).values_list("id", "agent")
+    return Run.objects.filter(id__in=[run_id for run_id, agent in waiting if not state.reason_for(agent)])
 
 
 DUE = {

@@ -425,3 +425,45 @@ def test_a_parent_waits_for_the_child_it_named_and_the_sweeper_wakes_it_for_no_o
     parent.refresh_from_db()
     assert (parent.status, parent.wait_ref) == ("waiting", str(second.id))
     assert RunEvent.objects.filter(run=parent).count() == events
+
+
+def test_a_cancel_that_follows_a_pause_is_the_one_honoured():
+    """The worker saw the pause; the operator cancelled before its last move. The cancel wins,
+    as the page promised ("the run stops at its next step boundary and does not continue")."""
+    run = start("t_protocol", {"value": 1})
+    lease = claim(run.id, "test-worker")
+    request_pause(run.id, actor=Actor("user", "otto"), reason="a look first")
+    request_cancel(run.id, actor=Actor("user", "otto"), reason="no, stop it")
+
+    moved = moves.move(run.id, "paused", actor=TEST, epoch=lease.epoch)
+    assert (moved.done, moved.pending) == (False, "cancel")
+
+    assert execute(lease) == "cancelled"
+    assert Run.objects.get(id=run.id).status == "cancelled"
+
+
+def test_approved_arguments_that_no_longer_fit_fail_the_rerun_as_its_next_attempt(admin_user):
+    """A step abandoned by an operator runs again with what was approved; if that no longer
+    fits the tool, its next attempt fails (it used to collide with attempt 1 and loop)."""
+    from tools.approvals import decide
+    from tools.models import Approval
+
+    run = advance(start("t_guarded", {"value": 3}))
+    approval = Approval.objects.get(run=run)
+    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash,
+           edited_args_text='{"value": 4, "card_number": "***"}')
+    CRASH["t_irreversible"] = "before"
+    run = crash(run)
+    del CRASH["t_irreversible"]
+    run = advance(expire_lease_and_sweep(run))
+    assert run.status == "needs_attention"
+    resolve_step(run.id, 1, Resolution.RUN_AGAIN, actor=Actor("user", "otto"), reason="not in the ledger")
+    Approval.objects.filter(id=approval.id).update(edited_args={"value": -1, "card_number": "***"})
+
+    run = advance(run)
+
+    assert run.status == "failed"
+    assert run.error["type"] == "contract"
+    assert [(r.attempt, r.phase, r.status) for r in rows(run, seq=1)] == [
+        (1, "intent", ""), (1, "outcome", "abandoned"), (2, "outcome", "failed"),
+    ]

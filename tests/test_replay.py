@@ -9,6 +9,7 @@ from runs.engine import advance_run
 from runs.models import Run
 from runs.moves import start_run
 from runs.replay import replay
+from runs.services import cancel
 from tests.agents import CALLS, LENGTH, SHIFT, TEST
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -84,6 +85,17 @@ def test_code_that_asks_for_more_or_fewer_steps_than_a_finished_run_is_caught(mo
 
     assert (longer.same, longer.difference) == (False, "the code asks for step 3, but the run succeeded after step 2")
     assert (shorter.same, shorter.difference) == (False, "the code returns after step 1, but the journal has 2 steps")
+
+
+def test_a_cancelled_run_replays_the_same_as_far_as_it_went():
+    run = start_run("t_sleeper", {"seconds": 3600, "steps": 2}, started_by=TEST)
+    advance_run(run.id)
+    call_command("replay", "--run", str(run.id))  # waiting: the same so far
+    cancel(run.id, actor=TEST, reason="not needed")
+
+    result = replay(Run.objects.get(id=run.id))
+
+    assert (result.same, result.steps) == (True, 1)
 
 
 def test_the_command_names_each_run_and_exits_non_zero_on_a_difference(monkeypatch, capsys):

@@ -22,7 +22,7 @@ def force_status(run_id, status):
             "UPDATE runs_run SET status = %s, requested = '', wake_at = NULL, wait_kind = %s,"
             " wait_ref = '', lease_owner = %s, lease_expires_at = CASE WHEN %s THEN now() ELSE NULL END"
             " WHERE id = %s",
-            [status, "child" if status == "waiting" else "", "w" if running else "", running, run_id],
+            [status, "freeze" if status == "waiting" else "", "w" if running else "", running, run_id],
         )
         cursor.execute("ALTER TABLE runs_run ENABLE TRIGGER run_status_guard")
 
@@ -34,7 +34,7 @@ def database_allows(run_id, to):
             cursor.execute(
                 "UPDATE runs_run SET status = %s, lease_owner = %s, wait_kind = %s,"
                 " lease_expires_at = CASE WHEN %s THEN now() ELSE NULL END WHERE id = %s",
-                [to, "w" if running else "", "child" if to == "waiting" else "", running, run_id],
+                [to, "w" if running else "", "freeze" if to == "waiting" else "", running, run_id],
             )
         return True
     except IntegrityError as error:

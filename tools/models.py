@@ -4,7 +4,7 @@ from typing import NamedTuple
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
-from django.db import models
+from django.db import connection, models
 
 from runs.agents import AGENTS
 
@@ -98,7 +98,21 @@ class ToolPermissionQuerySet(models.QuerySet):
         that decides, deny beats require approval beats allow, and the smallest cap holds. With
         no rule at all, the tool's default by effect applies.
         """
-        return self.decide_from(tool, list(self.filter(tool=tool, agent__in=["", agent])), agent)
+        return self.decide_by_name(tool.name, agent)[1]
+
+    def decide_by_name(self, tool_name, agent):
+        """The tool's row (None if it is not synced yet) and the decision for `agent`, read in
+        one query: the policy asks at every advance of every run that calls the tool."""
+        with connection.cursor() as cursor:
+            cursor.execute(RULES_SQL, {"tool": tool_name, "agent": agent})
+            rows = cursor.fetchall()
+        if not rows:
+            return None, None
+        enabled, effect, compensation = rows[0][:3]
+        tool = Tool(name=tool_name, effect=effect, compensation=compensation, enabled=enabled)
+        rules = [ToolPermission(agent=rule_agent, rule=rule, max_calls_per_run=cap)
+                 for _, _, _, rule_agent, rule, cap in rows if rule is not None]
+        return tool, self.decide_from(tool, rules, agent)
 
     def decide_from(self, tool, rules, agent):
         """decide, over rules already loaded (the tools page loads them all at once)."""
@@ -110,6 +124,15 @@ class ToolPermissionQuerySet(models.QuerySet):
         caps = [r.max_calls_per_run for r in level if r.max_calls_per_run is not None]
         source = f"rule for agent {agent!r}" if level[0].agent else "global rule"
         return Decision(rule, min(caps) if caps else None, source)
+
+
+# The tool and the rules that may apply to one agent (its own and every agent's).
+RULES_SQL = """
+SELECT t.enabled, t.effect, t.compensation, p.agent, p.rule, p.max_calls_per_run
+FROM tools_tool t
+LEFT JOIN tools_toolpermission p ON p.tool_id = t.id AND p.agent IN ('', %(agent)s)
+WHERE t.name = %(tool)s
+"""
 
 
 class Decision(NamedTuple):

@@ -16,7 +16,6 @@ Rules and the freeze are read once per advance of a run (one Policy per advance)
 
 from dataclasses import dataclass
 
-from django.db import connection
 from django.utils import timezone
 
 from runs.waits import WaitFor
@@ -122,25 +121,8 @@ class Policy:
         return self._rules[spec.name]
 
     def _load_rules(self, spec):
-        """The tool's row and the rules that may apply to this agent, in one query (it runs at
-        every advance of every run that calls the tool)."""
-        with connection.cursor() as cursor:
-            cursor.execute(RULES_SQL, {"tool": spec.name, "agent": self.agent})
-            rows = cursor.fetchall()
-        if not rows:  # not synced yet: the code's own declaration decides
+        tool, permission = ToolPermission.objects.decide_by_name(spec.name, self.agent)
+        if tool is None:  # not synced yet: the code's own declaration decides
             tool = Tool(name=spec.name, effect=spec.effect, compensation=spec.compensation_tool)
             return True, ToolPermission.objects.decide_from(tool, [], self.agent)
-        enabled, effect, compensation = rows[0][:3]
-        tool = Tool(name=spec.name, effect=effect, compensation=compensation, enabled=enabled)
-        rules = [ToolPermission(agent=agent, rule=rule, max_calls_per_run=cap)
-                 for _, _, _, agent, rule, cap in rows if rule is not None]
-        return enabled, ToolPermission.objects.decide_from(tool, rules, self.agent)
-
-
-# What ToolPermission.objects.decide reads, as one statement.
-RULES_SQL = """
-SELECT t.enabled, t.effect, t.compensation, p.agent, p.rule, p.max_calls_per_run
-FROM tools_tool t
-LEFT JOIN tools_toolpermission p ON p.tool_id = t.id AND p.agent IN ('', %(agent)s)
-WHERE t.name = %(tool)s
-"""
+        return tool.enabled, permission

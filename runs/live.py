@@ -44,7 +44,8 @@ class Publisher(threading.Thread):
     def __init__(self):
         super().__init__(daemon=True, name="live-publisher")
         self.queue = queue.Queue()
-        self.hurry = threading.Event()
+        self.hurry = threading.Event()  # held while flush() waits: no batching at all
+        self.soon = threading.Event()  # send the batch being gathered without waiting more
 
     def run(self):
         loop = asyncio.new_event_loop()
@@ -53,7 +54,9 @@ class Publisher(threading.Thread):
             items = [self.queue.get()]
             # Gather what else changes in the next moment: a run taking steps quickly sends
             # one message per batch, not one per step, and the steps do not wait for Redis.
-            self.hurry.wait(BATCH_SECONDS)
+            if not self.hurry.is_set():
+                self.soon.wait(BATCH_SECONDS)
+            self.soon.clear()
             try:
                 while True:
                     items.append(self.queue.get_nowait())
@@ -109,6 +112,14 @@ def changed(run_id):
     """After the current transaction commits, tell the live pages that the run changed."""
     item = (_database(), str(run_id))
     transaction.on_commit(lambda: _get_publisher().queue.put(item))
+
+
+def send_soon():
+    """Send what this process changed without waiting for the batch to fill (a job's end: the
+    pages should not wait for the next job's changes). Does not block."""
+    publisher = _publisher if _publisher_pid == os.getpid() else None
+    if publisher is not None:
+        publisher.soon.set()
 
 
 def flush(timeout=2.0):

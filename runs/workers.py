@@ -30,7 +30,10 @@ _process_outlives_jobs = False
 def end_of_job():
     """What runs.engine.advance_run does when its job ends, however it ends."""
     if _process_outlives_jobs:
-        return  # ReusingWorker tidies up between jobs; the publisher thread lives on
+        # ReusingWorker tidies up between jobs; the publisher thread lives on, and sends the
+        # job's changes now rather than at the end of its batch.
+        live.send_soon()
+        return
     # The work horse exits when the job ends: publish what it changed, and leave no connection
     # behind.
     live.flush()

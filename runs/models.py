@@ -78,6 +78,15 @@ class Run(models.Model):
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
     )
+    # A rollback run undoes the writes of the run it names (runs/rollback.py).
+    rollback_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="rollbacks"
+    )
+    # A fork starts with its origin's journal up to and including step forked_at_seq.
+    forked_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="forks"
+    )
+    forked_at_seq = models.PositiveIntegerField(null=True, blank=True)
 
     requested = models.CharField(
         max_length=8, choices=Requested.choices, default=Requested.NOTHING, blank=True
@@ -107,6 +116,7 @@ class Run(models.Model):
             ("cancel_run", "Can cancel a run"),
             ("approve_step", "Can approve or deny a step that waits for approval"),
             ("rollback_run", "Can roll back a run"),
+            ("fork_run", "Can fork a run from one of its steps"),
             ("resolve_step", "Can resolve a step whose outcome is in doubt"),
         ]
         constraints = [
@@ -150,6 +160,12 @@ class Run(models.Model):
             models.CheckConstraint(
                 name="run_wait_names_its_reference",
                 condition=~models.Q(wait_kind__in=[WaitKind.CHILD, WaitKind.APPROVAL]) | ~models.Q(wait_ref=""),
+            ),
+            # A fork names the step it was forked at, and only a fork does.
+            models.CheckConstraint(
+                name="run_fork_names_its_step",
+                condition=models.Q(forked_from__isnull=True, forked_at_seq__isnull=True)
+                | models.Q(forked_from__isnull=False, forked_at_seq__isnull=False),
             ),
             models.UniqueConstraint(
                 name="run_idempotency_key_unique",

@@ -18,6 +18,7 @@ _ACT_ON_RUNS = [
     "runs.cancel_run",
     "runs.approve_step",
     "runs.rollback_run",
+    "runs.fork_run",
     "runs.resolve_step",
 ]
 _MANAGE_USERS = [

@@ -14,6 +14,11 @@ from django.conf import settings
 from pydantic import TypeAdapter, ValidationError
 
 
+# The built-in agent that runs a rollback's compensations (runs/rollback.py). Its runs call only
+# what an operator confirmed, so the policy asks no second approval of them.
+ROLLBACK_AGENT = "rollback"
+
+
 class UnknownAgent(LookupError):
     pass
 

@@ -11,6 +11,7 @@ class RunsConfig(AppConfig):
         from runs.roles import sync_role_groups
 
         load_agent_modules()
+        import runs.rollback  # noqa: F401  (registers the built-in rollback agent)
         # After every migrate (and after the test runner's flush), so each role always holds
         # exactly the permissions that roles.py gives it.
         post_migrate.connect(sync_role_groups, sender=self, dispatch_uid="runs.sync_role_groups")

@@ -53,7 +53,7 @@ TRANSITIONS = {
 # Settled: nothing more happens without a person.
 SETTLED = FINISHED | {S.NEEDS_ATTENTION, S.PAUSED}
 # Statuses whose reason is worth showing (what the run waits for, what a person must do).
-EXPLAINED = {S.WAITING, S.PAUSED, S.NEEDS_ATTENTION}
+EXPLAINED = {S.WAITING, S.PAUSED, S.NEEDS_ATTENTION, S.COMPENSATING, S.COMPENSATION_FAILED}
 
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 
@@ -98,7 +98,7 @@ class Moved:
 # Starting a run --------------------------------------------------------------------------------
 
 
-def start_run(agent_name, input, *, started_by, idempotency_key=None, parent_id=None):
+def start_run(agent_name, input, *, started_by, idempotency_key=None, parent_id=None, rollback_of_id=None):
     """Create a queued run and enqueue it. The same idempotency key returns the same run.
 
     Raises UnknownAgent, InvalidInput or InvalidIdempotencyKey, each naming the problem, before
@@ -119,7 +119,7 @@ def start_run(agent_name, input, *, started_by, idempotency_key=None, parent_id=
         with transaction.atomic():
             run = Run.objects.create(
                 agent=agent_name, input=data, started_by=started_by.label,
-                idempotency_key=idempotency_key, parent_id=parent_id,
+                idempotency_key=idempotency_key, parent_id=parent_id, rollback_of_id=rollback_of_id,
             )
             RunEvent.objects.create(run=run, kind=RunEvent.Kind.CREATED, to_status=S.QUEUED, actor=started_by.label)
             queue.enqueue_advance(run.id)
@@ -281,6 +281,26 @@ def _json(value):
     return None if value is _NO_VALUE or value is None else json.dumps(value)
 
 
+def end_compensation(original_id, rollback_id):
+    """The rollback run ended: the original run is compensated, or compensation_failed with
+    what needs a person. Harmless when the original has moved on already."""
+    rollback = Run.objects.only("status", "output", "error").get(id=rollback_id)
+    outcome = rollback.output or {}
+    actor = Actor.run(rollback_id)
+    if rollback.status == S.SUCCEEDED and not outcome.get("failed"):
+        undone = len(outcome.get("compensated", []))
+        return move(original_id, S.COMPENSATED, actor=actor, expect={S.COMPENSATING},
+                    reason=f"rollback {rollback_id} undid {undone} step(s)")
+    if rollback.status == S.SUCCEEDED:
+        failed = outcome["failed"]
+        where = "" if failed["run_id"] == str(original_id) else f" of child run {failed['run_id']}"
+        why = (f"the compensation of step {failed['seq']}{where} ({failed['compensation']}) failed: "
+               f"{outcome.get('error', '')}; {len(outcome.get('not_attempted', []))} step(s) not attempted")
+    else:
+        why = f"rollback {rollback_id} ended {rollback.status}: {(rollback.error or {}).get('message', '')}".rstrip(": ")
+    return move(original_id, S.COMPENSATION_FAILED, actor=actor, expect={S.COMPENSATING}, reason=why)
+
+
 def _overrides(run, to):
     """Whether an operator's pending request must be honoured instead of this move: a pause or
     a cancel over going back to the queue or waiting; a cancel over pausing or needing
@@ -314,6 +334,9 @@ def _after_commit(run, before):
         queue.enqueue_advance(run.id)
     if run.status == S.WAITING and run.wait_kind == WaitKind.SLEEP:
         queue.schedule_wake(run.id, run.wake_at)
+    if run.status in FINISHED and run.rollback_of_id:
+        rollback_id, original_id = run.id, run.rollback_of_id
+        transaction.on_commit(lambda: end_compensation(original_id, rollback_id), robust=True)
     if run.status in FINISHED and run.parent_id:
         parent_id, child_id = run.parent_id, run.id
         # robust: the child's move has committed; a failed wake is the sweeper's to find.

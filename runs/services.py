@@ -1,4 +1,4 @@
-"""What operators do to runs: pause, resume, cancel, and resolve a step in doubt.
+"""What operators do to runs: pause, resume, cancel, resolve a step in doubt, roll back.
 
 Each function is the one path for its action, whichever door it comes through (a page, the
 command line, the API to come): it checks what the action needs, acts, and writes the audit
@@ -8,7 +8,7 @@ ActionRefused with a message that says why, and changes nothing.
 
 from django.db import transaction
 
-from runs import moves
+from runs import moves, rollback
 from runs.models import AuditEntry, JournalEntry, Requested, Run, RunStatus
 
 S = RunStatus
@@ -107,4 +107,64 @@ def available_actions(run):
         "resume": run.status == S.PAUSED,
         "cancel": S.CANCELLED in can_move_to and run.requested != Requested.CANCEL,
         "resolve": run.status == S.NEEDS_ATTENTION,
+        "rollback": run.status in rollback.ROLLBACK_FROM and not run.rollback_of_id,
     }
+
+
+def roll_back(run_id, *, actor, reason, shown_digest, acknowledged=(), after_seq=None):
+    """Start the rollback of a run, as its plan was shown: the run becomes compensating and a
+    rollback run (runs/rollback.py) undoes its writes. The confirmation counts as the approval
+    of each compensation in the plan, audited as such. `acknowledged` names the irreversible
+    steps the operator ticked (PlanStep.key). Returns the rollback run."""
+    reason = reason.strip()
+    if not reason:
+        raise ActionRefused("rolling back needs a reason: say what went wrong")
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(id=run_id)
+        plan = _plan_to_roll_back(run, after_seq)
+        if plan.digest != shown_digest:
+            raise ActionRefused("the plan changed since it was shown (a step completed or was resolved); look at it again")
+        missing = [step for step in plan.irreversible if step.key not in set(acknowledged)]
+        if missing:
+            names = ", ".join(f"step {step.seq} ({step.tool})" for step in missing)
+            raise ActionRefused(f"acknowledge each step that cannot be undone first: {names}")
+        moves.move(run.id, S.COMPENSATING, actor=actor, reason=f"rolling back: {reason}")
+        undo_run = moves.start_run(
+            rollback.ROLLBACK_AGENT, rollback.rollback_input(run, plan), started_by=actor, rollback_of_id=run.id,
+        )
+        AuditEntry.record(actor, "rollback", run_id=run.id, reason=reason, details={
+            "rollback_run": str(undo_run.id), "after_seq": after_seq,
+            "irreversible_acknowledged": [step.key for step in plan.irreversible],
+        })
+        for step in plan.compensations:
+            AuditEntry.record(actor, "approval_approved", run_id=undo_run.id, reason=f"part of the rollback: {reason}",
+                              details={"compensation": step.compensation, "undoes": step.key,
+                                       "args": step.shown_args})
+    return undo_run
+
+
+def rollback_plan(run, after_seq=None):
+    """The plan the rollback page shows; ActionRefused says why there is none to confirm."""
+    return _plan_to_roll_back(run, after_seq)
+
+
+def _plan_to_roll_back(run, after_seq):
+    if run.rollback_of_id:
+        raise ActionRefused("this run is itself a rollback and cannot be rolled back; resolve its steps instead")
+    if run.status == S.COMPENSATING:
+        raise ActionRefused("a rollback of this run is already under way")
+    if run.status not in rollback.ROLLBACK_FROM:
+        hint = " cancel it first" if run.status in (S.QUEUED, S.RUNNING, S.WAITING) else ""
+        raise ActionRefused(f"a {run.get_status_display().lower()} run cannot be rolled back;"
+                            f"{hint or ' only a failed, cancelled, paused or attention-needing run can'}")
+    last_seq = JournalEntry.objects.filter(run=run).order_by("-seq").values_list("seq", flat=True).first() or 0
+    if after_seq is not None and not 0 < after_seq <= last_seq:
+        raise ActionRefused(f"run {run.id} has no step {after_seq} (its steps are 1 to {last_seq})")
+    plan = rollback.plan_for(run, after_seq)
+    if plan.in_doubt:
+        names = ", ".join(f"step {step.seq} ({step.tool})" for step in plan.in_doubt)
+        raise ActionRefused(f"resolve the steps in doubt first: {names}")
+    if not plan.steps:
+        where = f" after step {after_seq}" if after_seq else ""
+        raise ActionRefused(f"nothing to undo{where}: the run completed no write")
+    return plan

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from runs.models import JournalEntry, Run, RunStatus
-from tools.registry import redact
+from tools.registry import TOOLS, WRITING_EFFECTS, redact
 
 S = RunStatus
 P = JournalEntry.Phase
@@ -26,6 +26,12 @@ class StepView:
     ended_at: datetime | None = None
     attempts: int = 0
     decided_by: str = ""
+    # A completed write: the tool that would undo it, or "" when it is irreversible.
+    undone_by: str = ""
+
+    @property
+    def is_completed_write(self):
+        return self.kind == JournalEntry.Kind.TOOL and self.effect in WRITING_EFFECTS and self.status == "succeeded"
 
     @property
     def duration_ms(self):
@@ -64,6 +70,8 @@ def build_steps(run: Run, rows):
     for step in steps.values():
         # Sensitive arguments are kept for replay and never shown.
         step.args = redact(step.name, step.args) if step.kind == JournalEntry.Kind.TOOL else step.args
+        spec = TOOLS.get(step.name) if step.kind == JournalEntry.Kind.TOOL else None
+        step.undone_by = spec.compensation_tool if spec else ""
         last = step.rows[-1]
         if last.phase == P.INTENT:
             step.ended_at = None

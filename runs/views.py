@@ -73,6 +73,7 @@ def run_context(run: Run, *, user, first_seq=None):
         "children": _children_tree(run),
         "in_doubt": in_doubt,
         "pending_approval": run.approvals.filter(status="pending").first(),
+        "rollbacks": list(run.rollbacks.order_by("created_at")),
         "can": {
             action: allowed and user.has_perm(PERMISSIONS[action]) and (action != "resolve" or in_doubt is not None)
             for action, allowed in services.available_actions(run).items()
@@ -112,6 +113,7 @@ def run_detail(request: HttpRequest, run_id) -> HttpResponse:
 # when the run's state does not allow it.
 
 PERMISSIONS = {
+    "rollback": "runs.rollback_run",
     "pause": "runs.pause_run",
     "resume": "runs.resume_run",
     "cancel": "runs.cancel_run",
@@ -171,6 +173,32 @@ DECISION_DONE = {
     Resolution.RUN_AGAIN: "Step {seq} will run again with the same idempotency key; the run is queued.",
     Resolution.FAIL: "Step {seq} failed; the agent receives your reason as the tool's error.",
 }
+
+
+@permission_required("runs.rollback_run", raise_exception=True)
+def rollback_page(request: HttpRequest, run_id) -> HttpResponse:
+    """The plan first (GET); the operator's confirmation starts the rollback (POST)."""
+    run = _get_run(run_id)
+    after = request.POST.get("after") or request.GET.get("after") or ""
+    after_seq = int(after) if after.isdigit() else None
+    if request.method == "POST":
+        try:
+            undo = services.roll_back(
+                run.id, actor=Actor.for_user(request.user), reason=request.POST.get("reason", ""),
+                shown_digest=request.POST.get("digest", ""), acknowledged=request.POST.getlist("ack"),
+                after_seq=after_seq,
+            )
+        except services.ActionRefused as error:
+            messages.error(request, f"Not rolled back: {error}.")
+        else:
+            messages.success(request, f"Rolling back: run {str(undo.id)[:8]} undoes the steps in the order shown; "
+                                      "its steps arrive on its page.")
+            return _back_to(request, run)
+    try:
+        plan, refused = services.rollback_plan(run, after_seq), ""
+    except services.ActionRefused as error:
+        plan, refused = None, str(error)
+    return render(request, "runs/rollback.html", {"run": run, "plan": plan, "refused": refused, "after_seq": after_seq})
 
 
 def _back_to(request, run):

@@ -41,6 +41,7 @@ class Crash(BaseException):
 
 
 def reset():
+    REVERSED.clear()
     CALLS.clear()
     KEYS.clear()
     EFFECTS.clear()
@@ -418,3 +419,81 @@ def w_leave_transaction(args: Numbered) -> dict:
 @agent("w_transaction_leaver")
 def w_transaction_leaver(ctx, request: Numbered) -> dict:
     return ctx.tool("w_leave_transaction", value=request.value)
+
+
+# Rollback ------------------------------------------------------------------------------------
+
+REVERSED = []  # values whose deposit a compensation took back, in the order it happened
+
+
+@tool(effect="write", idempotent=True)
+def t_reverse(args: Value, *, idempotency_key: str) -> dict:
+    if CRASH.get("t_reverse") == f"refuse {args.value}":
+        raise RuntimeError(f"the bank refused to take back {args.value}")
+    _called("t_reverse", idempotency_key)
+    REVERSED.append(args.value)
+    return {"reversed": args.value}
+
+
+@tool(effect="write", idempotent=True,
+      compensation=Compensation("t_reverse", lambda args, result: {"value": result["deposited"]}))
+def t_deposit(args: Value, *, idempotency_key: str) -> dict:
+    _called("t_deposit", idempotency_key)
+    return {"deposited": args.value}
+
+
+@tool(effect="write")
+def t_notify(args: Value, *, idempotency_key: str) -> dict:
+    """An irreversible write (no compensation): it needs an allow rule to run unapproved."""
+    _called("t_notify", idempotency_key)
+    return {"notified": args.value}
+
+
+@agent("t_saga")
+def t_saga(ctx, request: Value) -> dict:
+    v = request.value
+    ctx.tool("t_read", value=v)  # 1
+    ctx.tool("t_deposit", value=v)  # 2
+    ctx.tool("t_notify", value=v)  # 3
+    child = ctx.run_child("t_saga_child", {"value": v + 10})  # 4, 5
+    ctx.tool("t_deposit", value=v + 1)  # 6
+    ctx.tool("t_plain", value=v)  # 7
+    ctx.tool("t_fail", value=v)  # 8: the run fails here
+    return {"child": child}
+
+
+@agent("t_saga_child")
+def t_saga_child(ctx, request: Value) -> dict:
+    return ctx.tool("t_deposit", value=request.value)
+
+
+# For worker processes: compensations counted in the outside world (LedgerCall), one that
+# blocks until released, so a worker can be killed in the middle of it.
+
+
+class Deposit(BaseModel):
+    value: int
+    release: str = ""
+
+
+@tool(effect="write", idempotent=True)
+def w_withdraw(args: Deposit, *, idempotency_key: str) -> dict:
+    executed = not LedgerCall.objects.filter(key=idempotency_key, executed=True).exists()
+    LedgerCall.objects.create(key=idempotency_key, tool="w_withdraw", executed=executed, amount=args.value)
+    if args.release:
+        _wait_for_release(args.release)
+    return {"withdrawn": args.value}
+
+
+@tool(effect="write", idempotent=True,
+      compensation=Compensation("w_withdraw", lambda args, result: {"value": args["value"], "release": args["release"]}))
+def w_deposit(args: Deposit, *, idempotency_key: str) -> dict:
+    LedgerCall.objects.create(key=idempotency_key, tool="w_deposit", executed=True, amount=args.value)
+    return {"deposited": args.value}
+
+
+@agent("w_saga")
+def w_saga(ctx, request: Deposit) -> None:
+    for value in (1, 2, 3):
+        ctx.tool("w_deposit", value=value, release=request.release)
+    raise RuntimeError("the agent gave up after its deposits")

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from runs.agents import ROLLBACK_AGENT
 from runs.engine import wait_until_settled
-from runs.moves import start_run
-from tests.agents import TEST
 from runs.models import JournalEntry, Run, RunEvent
+from runs.moves import start_run
+from runs.services import roll_back, rollback_plan
+from tests.agents import TEST
 from tests.conftest import children, kill_worker, wait_for
 from tools.demo.models import LedgerCall
 
@@ -203,3 +205,27 @@ def test_a_killed_no_fork_worker_is_the_process_that_ran_the_job_and_another_fin
     finished_by = JournalEntry.objects.get(run=run, seq=4, phase="outcome").actor
     assert finished_by.endswith(f":{second.pid}")
     assert RunEvent.objects.filter(run=run, actor="system:sweeper").exists()
+
+
+def test_a_worker_killed_mid_rollback_is_replaced_and_no_compensation_happens_twice(workers, tmp_path):
+    first = workers.start()
+    workers.sweeper()
+    release = tmp_path / "release"
+    run = start_run("w_saga", {"value": 0, "release": str(release)}, started_by=TEST)
+    run = wait_until_settled(run.id, timeout=60)
+    assert run.status == "failed"
+    plan = rollback_plan(run)
+    assert [(step.seq, step.compensation) for step in plan.steps] == [(3, "w_withdraw"), (2, "w_withdraw"), (1, "w_withdraw")]
+
+    undo = roll_back(run.id, actor=TEST, reason="the deposits were wrong", shown_digest=plan.digest)
+    assert undo.agent == ROLLBACK_AGENT
+    wait_for(lambda: LedgerCall.objects.filter(key=f"{undo.id}:1").exists(), what="the first compensation")
+    kill_worker(first)  # in the middle of the first compensation
+    workers.start()
+    release.touch()
+    wait_for(lambda: Run.objects.get(id=run.id).status == "compensated", timeout=60, what="the rollback's end")
+
+    withdrawals = LedgerCall.objects.filter(tool="w_withdraw").order_by("called_at", "id")
+    effects = [(call.key, call.amount) for call in withdrawals if call.executed]
+    assert effects == [(f"{undo.id}:1", 3), (f"{undo.id}:2", 2), (f"{undo.id}:3", 1)]  # newest first, once each
+    assert withdrawals.filter(key=f"{undo.id}:1").count() == 2  # in doubt after the kill: called again, same key

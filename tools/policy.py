@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
+from runs.agents import ROLLBACK_AGENT
 from runs.waits import WaitFor
 from tools import approvals
 from tools.models import ApprovalStatus, FreezeState, Rule, Tool, ToolPermission
@@ -75,8 +76,9 @@ class Policy:
                 f"({permission.source}); this was call {call_number}",
                 fails_run=True,
             )
-        if permission.rule == Rule.REQUIRE_APPROVAL:
+        if permission.rule == Rule.REQUIRE_APPROVAL and self.agent != ROLLBACK_AGENT:
             return self._approval(spec, seq, args, args_hash)
+        # A rollback's compensations were approved when the operator confirmed its plan.
         return Go(args)
 
     def rerun(self, spec, seq, args):

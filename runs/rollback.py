@@ -1,0 +1,199 @@
+"""Rollback: undo a run's completed writes with their compensations, newest first.
+
+The plan is read off the journal: every write or delete that completed, in the run and in its
+child runs, newest first (so a child's writes are undone before the parent's earlier steps),
+each with the compensation its tool declares and the exact arguments that compensation will
+receive (built from the original arguments and result), or "irreversible" where the tool
+declares none. A step in doubt must be resolved before anything is undone.
+
+When an operator confirms a plan (runs.services.roll_back), the plan is frozen into the input of
+a rollback run: a run of the built-in agent below, which calls each compensation as a tool step
+of its own. So compensations are journaled, fenced and replayed like any step: a worker that
+dies mid-rollback is followed by another that finishes it, with no compensation twice (an
+idempotent compensation runs again with the same key; any other goes to a person, as any write
+in doubt does). When the rollback run ends, the original run becomes compensated, or
+compensation_failed with the step that needs a person (runs.moves).
+"""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from pydantic import BaseModel
+
+from runs.agents import ROLLBACK_AGENT, agent
+from runs.models import JournalEntry, Run, RunStatus
+from runs.recorder import ToolError
+from tools.registry import TOOLS, WRITING_EFFECTS, ContractViolation, redact
+
+S = RunStatus
+# Where a rollback may start: DESIGN's "failed | cancelled | paused | needs_attention".
+ROLLBACK_FROM = {S.FAILED, S.CANCELLED, S.PAUSED, S.NEEDS_ATTENTION}
+
+COMPENSATE, IRREVERSIBLE, IN_DOUBT = "compensate", "irreversible", "in_doubt"
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    run_id: str
+    seq: int
+    tool: str
+    effect: str
+    action: str  # compensate, irreversible, in_doubt
+    compensation: str = ""  # the tool that undoes it
+    args: dict | None = None  # what the compensation receives (secrets included; never shown)
+    shown_args: dict | None = None  # the same, as people may see it
+    why: str = ""  # why it cannot be undone, where it cannot
+
+    @property
+    def key(self):
+        """How the page names it (checkboxes of acknowledged irreversible steps)."""
+        return f"{self.run_id}:{self.seq}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    run_id: str
+    after_seq: int | None
+    steps: list
+
+    @property
+    def compensations(self):
+        return [step for step in self.steps if step.action == COMPENSATE]
+
+    @property
+    def irreversible(self):
+        return [step for step in self.steps if step.action == IRREVERSIBLE]
+
+    @property
+    def in_doubt(self):
+        return [step for step in self.steps if step.action == IN_DOUBT]
+
+    @property
+    def digest(self):
+        """What the operator was shown: a confirmation is bound to it."""
+        text = json.dumps([asdict(step) for step in self.steps], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def plan_for(run, after_seq=None):
+    """The rollback plan of a run: its completed writes (and its children's) after `after_seq`
+    (all of them when None), newest first."""
+    found = []  # (completed at, run id, seq, PlanStep)
+    for member, since in _tree(run, after_seq):
+        found += _writes_of(member, since)
+    found.sort(key=lambda item: (item[0], item[1], item[2]), reverse=True)
+    return Plan(run_id=str(run.id), after_seq=after_seq, steps=[step for *_, step in found])
+
+
+def _tree(run, after_seq):
+    """The run (its steps after after_seq) and its descendants started after it (all steps)."""
+    members = [(run, after_seq or 0)]
+    starts = JournalEntry.objects.filter(run=run, kind=JournalEntry.Kind.CHILD_START, seq__gt=after_seq or 0)
+    child_ids = [row.result for row in starts.filter(status=JournalEntry.Status.SUCCEEDED) if row.result]
+    level = list(Run.objects.filter(id__in=child_ids))
+    for _ in range(20):  # deep enough for any tree people build; a cycle cannot exist
+        if not level:
+            break
+        members += [(child, 0) for child in level]
+        level = list(Run.objects.filter(parent__in=level, rollback_of__isnull=True))
+    return members
+
+
+def _writes_of(run, since):
+    rows = JournalEntry.objects.filter(
+        run=run, kind=JournalEntry.Kind.TOOL, effect__in=WRITING_EFFECTS, seq__gt=since
+    ).order_by("seq", "attempt", "id")
+    by_seq = {}
+    for row in rows:
+        by_seq.setdefault(row.seq, []).append(row)
+    found = []
+    for seq, step_rows in by_seq.items():
+        last = step_rows[-1]
+        intent = next((r for r in step_rows if r.phase == JournalEntry.Phase.INTENT), None)
+        if JournalEntry.is_open_call(last):
+            step = PlanStep(str(run.id), seq, last.name, last.effect, IN_DOUBT,
+                            why="in doubt: resolve it first (it may or may not have happened)")
+            found.append((last.created_at, str(run.id), seq, step))
+        elif last.status == JournalEntry.Status.SUCCEEDED:
+            args = intent.args if intent is not None else last.args
+            found.append((last.created_at, str(run.id), seq, _undo(run, seq, last, args)))
+    return found
+
+
+def _undo(run, seq, outcome, args):
+    spec = TOOLS.get(outcome.name)
+    base = dict(run_id=str(run.id), seq=seq, tool=outcome.name, effect=outcome.effect)
+    if spec is None:
+        return PlanStep(**base, action=IRREVERSIBLE, why="irreversible: its tool is no longer in the code")
+    if spec.compensation is None:
+        return PlanStep(**base, action=IRREVERSIBLE, why="irreversible: cannot be undone")
+    compensation = spec.compensation.tool
+    try:
+        built = spec.compensation.build_args(args, outcome.result)
+        undo_spec = TOOLS[compensation]
+        checked = undo_spec.parse(built).model_dump(mode="json")
+    except (ContractViolation, KeyError, TypeError, ValueError) as error:
+        return PlanStep(**base, action=IRREVERSIBLE, compensation=compensation,
+                        why=f"irreversible: the arguments of {compensation!r} could not be built ({error})")
+    return PlanStep(**base, action=COMPENSATE, compensation=compensation, args=checked,
+                    shown_args=redact(compensation, checked))
+
+
+# The built-in agent ------------------------------------------------------------------------
+
+
+class Compensation(BaseModel):
+    run_id: str
+    seq: int
+    tool: str
+    compensation: str
+    args: dict
+
+
+class RollbackInput(BaseModel):
+    """The plan as the operator confirmed it, frozen: a replay asks for the same steps."""
+
+    rollback_of: str
+    compensations: list[Compensation]
+
+
+class Undone(BaseModel):
+    run_id: str
+    seq: int
+    compensation: str
+
+
+class RollbackOutcome(BaseModel):
+    compensated: list[Undone]
+    # The compensation that failed, and the error; the rest of the plan was not attempted.
+    failed: Undone | None = None
+    error: str = ""
+    not_attempted: list[Undone] = []
+
+
+@agent(ROLLBACK_AGENT)
+def rollback(ctx, plan: RollbackInput) -> RollbackOutcome:
+    """Call each compensation in the order of the plan; stop at the first that fails, since the
+    steps before it in the plan were undone on the assumption that later ones were."""
+    done = []
+    for index, step in enumerate(plan.compensations):
+        undone = Undone(run_id=step.run_id, seq=step.seq, compensation=step.compensation)
+        try:
+            ctx.tool(step.compensation, **step.args)
+        except ToolError as error:
+            rest = [Undone(run_id=s.run_id, seq=s.seq, compensation=s.compensation)
+                    for s in plan.compensations[index + 1:]]
+            return RollbackOutcome(compensated=done, failed=undone, error=error.message, not_attempted=rest)
+        done.append(undone)
+    return RollbackOutcome(compensated=done)
+
+
+def rollback_input(run, plan):
+    return {
+        "rollback_of": str(run.id),
+        "compensations": [
+            {"run_id": s.run_id, "seq": s.seq, "tool": s.tool, "compensation": s.compensation, "args": s.args}
+            for s in plan.compensations
+        ],
+    }

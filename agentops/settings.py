@@ -171,6 +171,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "tools.context_processors.freeze",
                 "tools.context_processors.pending_approvals",
+                "tools.context_processors.demo",
             ],
         },
     },

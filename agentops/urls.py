@@ -1,3 +1,4 @@
+from django.apps import apps
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
@@ -10,3 +11,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("django-rq/", include("django_rq.urls")),
 ]
+# The demo's world (refunds, emails), only where the demo is loaded (DEMO=1).
+if apps.is_installed("tools.demo"):
+    urlpatterns.append(path("demo/", include("tools.demo.urls")))

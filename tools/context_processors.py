@@ -1,3 +1,5 @@
+from django.apps import apps
+
 from tools.models import Approval, ApprovalStatus, FreezeState
 
 
@@ -16,3 +18,8 @@ def freeze(request):
     if state is None or not (state.global_reason or state.agents):
         return {"freeze": None}
     return {"freeze": {"global_reason": state.global_reason, "agents": sorted(state.agents.items())}}
+
+
+def demo(request):
+    """Whether the demo is loaded, for its link in the navigation."""
+    return {"demo_loaded": apps.is_installed("tools.demo")}

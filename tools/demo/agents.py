@@ -1,9 +1,13 @@
-"""Demo agents and tools for `make up`: a support desk that refunds orders and emails customers.
+"""Demo agents and tools for `make up`: a support desk that refunds orders, emails customers
+and closes their tickets.
 
 The "outside world" is the tables of tools.demo.models: refunds (a provider that dedupes on the
-idempotency key) and sent emails (a mail service that does not).
+idempotency key, and can take a refund back) and sent emails (a mail service that does not
+dedupe, and cannot unsend). The helpdesk refuses to close the ticket of order A-1003 (a
+supervisor locked it), so that order's run fails after its refund and email: a run to roll back.
 """
 
+from django.utils import timezone
 from pydantic import BaseModel, Field
 
 from runs.agents import agent
@@ -13,7 +17,8 @@ from tools.registry import Compensation, tool
 ORDERS = {
     "A-1001": {"id": "A-1001", "email": "ann@example.com", "total_cents": 4200, "item": "kettle"},
     "A-1002": {"id": "A-1002", "email": "bo@example.com", "total_cents": 1999, "item": "mug set"},
-    "A-1003": {"id": "A-1003", "email": "cy@example.com", "total_cents": 12900, "item": "lamp"},
+    "A-1003": {"id": "A-1003", "email": "cy@example.com", "total_cents": 12900, "item": "lamp",
+               "ticket_locked": True},
 }
 
 
@@ -41,9 +46,12 @@ class ReverseRefundArgs(BaseModel):
 
 @tool(effect="write", idempotent=True)
 def reverse_refund(args: ReverseRefundArgs, *, idempotency_key: str) -> dict:
-    """Take a refund back (the compensation of issue_refund)."""
-    deleted, _ = Refund.objects.filter(id=args.refund_id).delete()
-    return {"reversed": bool(deleted)}
+    """Take a refund back (the compensation of issue_refund). Taking it back twice does nothing."""
+    Refund.objects.filter(id=args.refund_id, reversed_at__isnull=True).update(
+        reversed_at=timezone.now(), reversal_key=idempotency_key
+    )
+    refund = Refund.objects.get(id=args.refund_id)
+    return {"refund_id": refund.id, "reversed_at": refund.reversed_at.isoformat()}
 
 
 @tool(
@@ -75,6 +83,25 @@ def send_email(args: EmailArgs, *, idempotency_key: str) -> dict:
     return {"email_id": email.id}
 
 
+class Ticket(BaseModel):
+    order_id: str = Field(min_length=1, max_length=50)
+
+
+@tool(effect="write", idempotent=True)
+def reopen_ticket(args: Ticket, *, idempotency_key: str) -> dict:
+    """Reopen a customer's ticket (the compensation of close_ticket)."""
+    return {"reopened": args.order_id}
+
+
+@tool(effect="write", idempotent=True,
+      compensation=Compensation("reopen_ticket", lambda args, result: {"order_id": args["order_id"]}))
+def close_ticket(args: Ticket, *, idempotency_key: str) -> dict:
+    """Mark the customer's ticket solved in the helpdesk."""
+    if ORDERS.get(args.order_id, {}).get("ticket_locked"):
+        raise PermissionError(f"the helpdesk refused: the ticket of order {args.order_id} is locked by a supervisor")
+    return {"closed": args.order_id}
+
+
 class RefundRequest(BaseModel):
     order_id: str
     # Time the agent "thinks" between looking and acting; a sleep that releases the worker.
@@ -97,6 +124,7 @@ def refund_customer(ctx, request: RefundRequest) -> RefundResult:
         subject=f"Your refund for order {order['id']}",
         body=f"We refunded {order['total_cents'] / 100:.2f} for your {order['item']}.",
     )
+    ctx.tool("close_ticket", order_id=order["id"])
     return RefundResult(refund_id=refund["refund_id"], email_id=email["email_id"])
 
 

@@ -10,6 +10,9 @@ from django.db import models
 class SentEmail(models.Model):
     """A mail service that sends whatever it is asked to: it does not dedupe."""
 
+    class Meta:
+        ordering = ["-sent_at", "-id"]
+
     to = models.CharField(max_length=200)
     subject = models.CharField(max_length=200)
     body = models.TextField()
@@ -27,8 +30,12 @@ class Refund(models.Model):
     amount_cents = models.PositiveIntegerField()
     idempotency_key = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Taken back (a rollback's compensation): when, and the key of the call that did it.
+    reversed_at = models.DateTimeField(null=True, blank=True)
+    reversal_key = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
+        ordering = ["-created_at", "-id"]
         constraints = [
             models.UniqueConstraint(name="refund_idempotency_key_unique", fields=["idempotency_key"]),
         ]

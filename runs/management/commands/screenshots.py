@@ -26,6 +26,7 @@ from runs.processes import (
 )
 from runs.roles import OPERATOR
 from tools.demo import require_demo
+from tools.approvals import decide
 from tools.models import Approval
 
 PASSWORD = "screenshots-only-password"
@@ -43,6 +44,8 @@ class Command(BaseCommand):
         use_scratch_database("screens")
         user = User.objects.create_user("operator", password=PASSWORD)
         user.groups.set([Group.objects.get(name=OPERATOR)])
+        approver = User.objects.create_user("approver", password=PASSWORD)
+        approver.groups.set([Group.objects.get(name=OPERATOR)])
         for key, agent, data in DEMO_RUNS:
             start_run(agent, data, started_by=Actor.system("demo"), idempotency_key=key)
         batch = Run.objects.get(idempotency_key="demo-batch-1")
@@ -63,6 +66,15 @@ class Command(BaseCommand):
                     Approval.objects.filter(run__parent=batch).count() < 2:
                 if time.monotonic() > deadline:
                     raise CommandError(f"the demo runs did not settle; see {logs}")
+                time.sleep(0.5)
+            # Order A-1003's email approved: its run goes on and fails at the locked ticket, a run
+            # to roll back (its plan is a screenshot).
+            locked = Run.objects.get(parent=batch, input__order_id="A-1003")
+            email = Approval.objects.get(run=locked, status="pending")
+            decide(email.id, "approve", actor=Actor.for_user(approver), shown_hash=email.args_hash)
+            while Run.objects.get(id=locked.id).status != RunStatus.FAILED:
+                if time.monotonic() > deadline:
+                    raise CommandError(f"the run of order A-1003 did not fail at its ticket; see {logs}")
                 time.sleep(0.5)
             # (Playwright keeps an event loop in this thread: ask the database before it starts.)
             approval = Approval.objects.filter(status="pending").order_by("requested_at").first()
@@ -85,6 +97,9 @@ class Command(BaseCommand):
                 page.screenshot(path=out / "approvals.png", full_page=True)
                 page.goto(f"{base}/tools/approvals/{approval.id}/")
                 page.screenshot(path=out / "approval.png", full_page=True)
+                page.goto(f"{base}/runs/{locked.id}/rollback/")
+                page.wait_for_selector("table.plan")
+                page.screenshot(path=out / "rollback-plan.png", full_page=True)
                 browser.close()
         finally:
             for process in processes:

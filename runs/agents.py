@@ -27,12 +27,17 @@ class InvalidInput(ValueError):
     pass
 
 
+ON_FAILURE = ("fail", "rollback")
+
+
 @dataclass(frozen=True)
 class Agent:
     name: str
     fn: Callable
     input_adapter: TypeAdapter
     output_adapter: TypeAdapter
+    # What happens when a run fails: it stays failed, or it is rolled back at once (runs/rollback.py).
+    on_failure: str = "fail"
 
     def parse_input(self, data):
         """The agent's input object from JSON data; InvalidInput names what is wrong."""
@@ -64,7 +69,12 @@ def describe(error: ValidationError) -> str:
 AGENTS: dict[str, Agent] = {}
 
 
-def agent(name):
+def agent(name, *, on_failure="fail"):
+    """Register `fn(ctx, input) -> output` as agent `name`. on_failure="rollback" rolls a failed
+    run back at once, with the plan an operator would be shown (docs/rollback.md)."""
+    if on_failure not in ON_FAILURE:
+        raise ValueError(f"agent {name!r}: on_failure must be one of {', '.join(ON_FAILURE)}, not {on_failure!r}")
+
     def register(fn):
         signature = inspect.signature(fn)
         parameters = list(signature.parameters.values())
@@ -79,6 +89,7 @@ def agent(name):
             fn=fn,
             input_adapter=TypeAdapter(Any if input_type is inspect.Parameter.empty else input_type),
             output_adapter=TypeAdapter(Any if output_type is inspect.Signature.empty else output_type),
+            on_failure=on_failure,
         )
         return fn
 

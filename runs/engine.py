@@ -15,11 +15,11 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 
-from runs import moves
+from runs import moves, rollback
 from runs.actors import Actor
-from runs.agents import InvalidInput, get_agent
+from runs.agents import AGENTS, InvalidInput, get_agent
 from runs.context import Context
 from runs.models import Run, RunStatus
 from runs.recorder import (
@@ -110,7 +110,7 @@ def execute(lease):
         log.warning("%s", fenced)
         return "fenced"
     except FailRun as failure:
-        moved = end.move(S.FAILED, error=failure.error)
+        moved = end.fail(failure.error)
     except JournalUnavailable as error:
         # The run stays as it is; its lease expires and the sweeper hands it on.
         log.error("run %s stopped: %s", lease.run_id, error)
@@ -122,7 +122,7 @@ def execute(lease):
             failure = {"type": error.type, "message": error.message}
         else:
             failure = {"type": type(error).__name__, "message": str(error)}
-        moved = end.move(S.FAILED, error=failure)
+        moved = end.fail(failure)
     else:
         moved = end.move(S.SUCCEEDED, output=output)
     return moved.status if moved.done else "fenced"
@@ -139,6 +139,16 @@ class Ending:
     def move(self, to, *, reason="", **fields):
         moved = moves.move(self.lease.run_id, to, actor=self.actor, reason=reason, epoch=self.lease.epoch, **fields)
         return self.honour_request(about_to=f"become {to}") if moved.pending else moved
+
+    def fail(self, error):
+        """The run fails; an agent declared with on_failure="rollback" is rolled back in the same
+        transaction, so a crash cannot leave it failed without its rollback."""
+        with transaction.atomic():
+            moved = self.move(S.FAILED, error=error)
+            declared = AGENTS.get(self.agent)
+            if moved.done and moved.after == S.FAILED and declared and declared.on_failure == "rollback":
+                rollback.roll_back_on_failure(self.lease.run_id)
+        return moved
 
     def suspend(self, wait):
         moved = moves.suspend(self.lease, wait, agent=self.agent)

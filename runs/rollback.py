@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 from pydantic import BaseModel
 
+from runs import moves
+from runs.actors import Actor
 from runs.agents import ROLLBACK_AGENT, agent
 from runs.models import JournalEntry, Run, RunStatus
 from runs.recorder import ToolError
@@ -187,6 +189,30 @@ def rollback(ctx, plan: RollbackInput) -> RollbackOutcome:
             return RollbackOutcome(compensated=done, failed=undone, error=error.message, not_attempted=rest)
         done.append(undone)
     return RollbackOutcome(compensated=done)
+
+
+POLICY = Actor.system("rollback-policy")
+
+
+def begin(run, plan, *, actor, reason):
+    """The run becomes compensating and a rollback run starts with the plan, frozen. Called in
+    the caller's transaction (the operator's confirmation, or the run's failing move)."""
+    moves.move(run.id, S.COMPENSATING, actor=actor, reason=f"rolling back: {reason}")
+    return moves.start_run(ROLLBACK_AGENT, rollback_input(run, plan), started_by=actor, rollback_of_id=run.id)
+
+
+def roll_back_on_failure(run_id):
+    """For an agent declared with on_failure="rollback", once its run has failed: roll it back
+    with the plan an operator would be shown, irreversible steps left as they are. A plan with a
+    step in doubt, or with nothing to compensate, leaves the run failed, and its record says why."""
+    run = Run.objects.get(id=run_id)
+    plan = plan_for(run)
+    if plan.in_doubt or not plan.compensations:
+        why = ("a step is in doubt: resolve it, then roll back from the run page" if plan.in_doubt
+               else "nothing to compensate")
+        run.events.create(kind="request", actor=POLICY.label, reason=f"no automatic rollback: {why}")
+        return None
+    return begin(run, plan, actor=POLICY, reason="the agent rolls back when it fails")
 
 
 def rollback_input(run, plan):

@@ -128,10 +128,7 @@ def roll_back(run_id, *, actor, reason, shown_digest, acknowledged=(), after_seq
         if missing:
             names = ", ".join(f"step {step.seq} ({step.tool})" for step in missing)
             raise ActionRefused(f"acknowledge each step that cannot be undone first: {names}")
-        moves.move(run.id, S.COMPENSATING, actor=actor, reason=f"rolling back: {reason}")
-        undo_run = moves.start_run(
-            rollback.ROLLBACK_AGENT, rollback.rollback_input(run, plan), started_by=actor, rollback_of_id=run.id,
-        )
+        undo_run = rollback.begin(run, plan, actor=actor, reason=reason)
         AuditEntry.record(actor, "rollback", run_id=run.id, reason=reason, details={
             "rollback_run": str(undo_run.id), "after_seq": after_seq,
             "irreversible_acknowledged": [step.key for step in plan.irreversible],

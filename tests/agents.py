@@ -462,6 +462,10 @@ def t_saga(ctx, request: Value) -> dict:
     return {"child": child}
 
 
+# The same agent, declared to roll back when it fails.
+agent("t_saga_auto", on_failure="rollback")(t_saga)
+
+
 @agent("t_saga_child")
 def t_saga_child(ctx, request: Value) -> dict:
     return ctx.tool("t_deposit", value=request.value)

@@ -12,7 +12,7 @@ from runs.moves import start_run
 from runs.rollback import plan_for
 from runs.services import ActionRefused, roll_back, rollback_plan
 from runs.sweeper import sweep
-from tests.agents import CALLS, CRASH, KEYS, REVERSED, TEST, Crash
+from tests.agents import CALLS, CRASH, KEYS, REVERSED, TEST, Crash, Value
 from tools.models import Rule, Tool, ToolPermission
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -178,6 +178,50 @@ def test_a_run_with_nothing_to_undo_or_still_running_is_refused():
     queued = start_run("t_saga", {"value": 1}, started_by=TEST)
     with pytest.raises(ActionRefused, match="a queued run cannot be rolled back; cancel it first"):
         rollback_plan(queued)
+
+
+def test_an_agent_that_rolls_back_on_failure_is_rolled_back_with_the_same_plan():
+    parent = advance(start_run("t_saga_auto", {"value": 5}, started_by=TEST))
+    advance(Run.objects.get(parent=parent))
+    parent = advance(parent)
+
+    assert parent.status == "compensating"  # failed, then rolled back in the same transaction
+    assert parent.status_reason == "rolling back: the agent rolls back when it fails"
+    undo = parent.rollbacks.get()
+    assert undo.started_by == "system:rollback-policy"
+    assert [(c["seq"], c["compensation"]) for c in undo.input["compensations"]] == [
+        (7, "t_undo"), (6, "t_reverse"), (1, "t_reverse"), (2, "t_reverse"),
+    ]
+    advance(undo)
+    assert Run.objects.get(id=parent.id).status == "compensated"
+    assert REVERSED == [6, 15, 5]
+    assert CALLS["t_notify"] == 1  # irreversible: left as it is
+    statuses = list(parent.events.filter(kind="transition").values_list("to_status", flat=True))
+    assert statuses[-3:] == ["failed", "compensating", "compensated"]
+
+
+def test_an_agent_that_rolls_back_on_failure_with_nothing_to_compensate_stays_failed():
+    from runs.agents import agent as declare
+
+    declare("t_reads_then_fails", on_failure="rollback")(_reads_then_fails)
+    run = advance(start_run("t_reads_then_fails", {"value": 1}, started_by=TEST))
+
+    assert run.status == "failed"
+    assert not run.rollbacks.exists()
+    note = run.events.get(actor="system:rollback-policy")
+    assert note.reason == "no automatic rollback: nothing to compensate"
+
+
+def _reads_then_fails(ctx, request: Value) -> None:
+    ctx.tool("t_read", value=request.value)
+    ctx.tool("t_fail", value=request.value)
+
+
+def test_on_failure_takes_only_what_it_knows():
+    from runs.agents import agent as declare
+
+    with pytest.raises(ValueError, match="on_failure must be one of fail, rollback, not 'retry'"):
+        declare("t_confused", on_failure="retry")
 
 
 # The pages --------------------------------------------------------------------------------

@@ -32,8 +32,8 @@ from runs.models import FINISHED, Requested, Run, RunEvent, RunStatus, WaitKind
 S = RunStatus
 log = logging.getLogger(__name__)
 
-# Every legal move of a run's status. A trigger in the database refuses any other (migration
-# 0002 writes this table into it; a test checks that the two agree).
+# Every legal move of a run's status. A trigger in the database refuses any other (migrations
+# 0002 and 0006 write this table into it; a test checks that the two agree).
 TRANSITIONS = {
     S.QUEUED: {S.RUNNING, S.PAUSED, S.CANCELLED},
     # running -> queued: the lease expired (the worker died) and the sweeper hands it back, or
@@ -48,7 +48,9 @@ TRANSITIONS = {
     S.CANCELLED: {S.COMPENSATING},
     S.COMPENSATING: {S.COMPENSATED, S.COMPENSATION_FAILED},
     S.COMPENSATED: set(),
-    S.COMPENSATION_FAILED: set(),
+    # A rollback that stopped at a failed compensation goes on once an operator retries it or
+    # resolves that step (migration 0006).
+    S.COMPENSATION_FAILED: {S.COMPENSATING, S.COMPENSATED},
 }
 # Settled: nothing more happens without a person.
 SETTLED = FINISHED | {S.NEEDS_ATTENTION, S.PAUSED}

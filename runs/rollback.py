@@ -153,11 +153,25 @@ class Compensation(BaseModel):
     args: dict
 
 
+class Resolved(BaseModel):
+    """A compensation an operator settled by hand after it failed: done (with a result), or
+    skipped (with a reason). Kept in the next rollback's input, for the record."""
+
+    run_id: str
+    seq: int
+    compensation: str
+    how: str  # done, skipped
+    result: object = None
+    reason: str = ""
+    by: str
+
+
 class RollbackInput(BaseModel):
     """The plan as the operator confirmed it, frozen: a replay asks for the same steps."""
 
     rollback_of: str
     compensations: list[Compensation]
+    resolved: list[Resolved] = []
 
 
 class Undone(BaseModel):
@@ -213,6 +227,49 @@ def roll_back_on_failure(run_id):
         run.events.create(kind="request", actor=POLICY.label, reason=f"no automatic rollback: {why}")
         return None
     return begin(run, plan, actor=POLICY, reason="the agent rolls back when it fails")
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """Where the last rollback of a run stopped: the compensation that failed, and the rest."""
+
+    rollback_run: Run
+    failed: dict  # a compensation of the plan: run_id, seq, tool, compensation, args
+    error: str
+    remaining: list  # the failed compensation first, then those not attempted
+    resolved: list  # what operators settled by hand in earlier rounds
+
+
+def stopped_at(run):
+    """Where the run's last rollback stopped, or None (no rollback, or one that did not stop)."""
+    last = run.rollbacks.order_by("-created_at", "-id").first()
+    if last is None or run.status != S.COMPENSATION_FAILED:
+        return None
+    planned = last.input["compensations"]
+    if last.status == S.SUCCEEDED and (last.output or {}).get("failed"):
+        done, error = len(last.output["compensated"]), last.output.get("error", "")
+    else:  # the rollback run itself failed or was cancelled: its journal says how far it got
+        done = JournalEntry.objects.filter(run=last, kind=JournalEntry.Kind.TOOL, phase=JournalEntry.Phase.OUTCOME,
+                                           status=JournalEntry.Status.SUCCEEDED).count()
+        error = (last.error or {}).get("message", f"the rollback run ended {last.status}")
+    remaining = planned[done:]
+    if not remaining:
+        return None
+    return Stopped(last, remaining[0], error, remaining, last.input.get("resolved", []))
+
+
+def go_on(run, stopped, *, retry, resolved, actor, reason):
+    """Resume a rollback that stopped: with the failed compensation again (retry), or without it
+    (settled by hand, recorded in `resolved`). Nothing left: the run is compensated."""
+    remaining = stopped.remaining if retry else stopped.remaining[1:]
+    record = [*stopped.resolved, *([] if resolved is None else [resolved])]
+    if not remaining:
+        return moves.move(run.id, S.COMPENSATED, actor=actor, expect={S.COMPENSATION_FAILED},
+                          reason=f"the last compensation was settled by hand: {reason}"), None
+    moved = moves.move(run.id, S.COMPENSATING, actor=actor, expect={S.COMPENSATION_FAILED},
+                       reason=f"rolling back the rest: {reason}")
+    data = {"rollback_of": str(run.id), "compensations": remaining, "resolved": record}
+    return moved, moves.start_run(ROLLBACK_AGENT, data, started_by=actor, rollback_of_id=run.id)
 
 
 def rollback_input(run, plan):

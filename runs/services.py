@@ -165,3 +165,42 @@ def _plan_to_roll_back(run, after_seq):
         where = f" after step {after_seq}" if after_seq else ""
         raise ActionRefused(f"nothing to undo{where}: the run completed no write")
     return plan
+
+
+class RollbackResolution:
+    """What an operator does about the compensation a rollback stopped at."""
+
+    RETRY = "retry"  # call it again (a new rollback run, from that step on)
+    DONE = "done"  # it took effect after all (the operator's result is recorded); go on
+    SKIP = "skip"  # leave it undone (the reason is recorded); go on
+    ALL = (RETRY, DONE, SKIP)
+
+
+def resolve_rollback(run_id, resolution, *, actor, reason="", result=None):
+    """Go on with a rollback that stopped at a failed compensation. Returns the next rollback
+    run, or None when nothing was left to run (the run is then compensated)."""
+    reason = reason.strip()
+    if resolution not in RollbackResolution.ALL:
+        raise ActionRefused(f"decision must be one of {', '.join(RollbackResolution.ALL)}, not {resolution!r}")
+    if resolution == RollbackResolution.SKIP and not reason:
+        raise ActionRefused("skipping a compensation needs a reason: its write stays done")
+    if resolution == RollbackResolution.DONE and result is None:
+        raise ActionRefused("marking a compensation done needs its result: what it did")
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(id=run_id)
+        stopped = rollback.stopped_at(run)
+        if stopped is None:
+            raise ActionRefused(f"run {run_id} is {run.get_status_display().lower()}, not a rollback stopped at a failed step")
+        failed = stopped.failed
+        settled = None if resolution == RollbackResolution.RETRY else {
+            "run_id": failed["run_id"], "seq": failed["seq"], "compensation": failed["compensation"],
+            "how": "done" if resolution == RollbackResolution.DONE else "skipped",
+            "result": result, "reason": reason, "by": actor.label,
+        }
+        _, next_run = rollback.go_on(run, stopped, retry=resolution == RollbackResolution.RETRY,
+                                     resolved=settled, actor=actor, reason=reason or resolution)
+        AuditEntry.record(actor, f"rollback_{resolution}", run_id=run.id, reason=reason, details={
+            "step": f"{failed['run_id']}:{failed['seq']}", "compensation": failed["compensation"],
+            "result": result, "next_rollback_run": str(next_run.id) if next_run else None,
+        })
+    return next_run

@@ -10,7 +10,7 @@ from runs.engine import advance_run
 from runs.models import AuditEntry, JournalEntry, Run
 from runs.moves import start_run
 from runs.rollback import plan_for
-from runs.services import ActionRefused, roll_back, rollback_plan
+from runs.services import ActionRefused, resolve_rollback, roll_back, rollback_plan
 from runs.sweeper import sweep
 from tests.agents import CALLS, CRASH, KEYS, REVERSED, TEST, Crash, Value
 from tools.models import Rule, Tool, ToolPermission
@@ -146,6 +146,49 @@ def test_a_compensation_that_fails_leaves_the_run_compensation_failed_naming_it(
         f"the compensation of step 1 of child run {child.id} (t_reverse) failed: the bank refused to take "
         "back 15; 1 step(s) not attempted"
     )
+
+
+def test_a_stopped_rollback_is_retried_then_goes_on_past_a_skipped_step():
+    parent, child = failed_saga(5)
+    plan = rollback_plan(parent)
+    CRASH["t_reverse"] = "refuse 15"
+    advance(roll_back(parent.id, actor=OTTO, reason="undo it", shown_digest=plan.digest,
+                      acknowledged=[f"{parent.id}:3"]))
+    assert Run.objects.get(id=parent.id).status == "compensation_failed"
+
+    with pytest.raises(ActionRefused, match="skipping a compensation needs a reason"):
+        resolve_rollback(parent.id, "skip", actor=OTTO)
+    again = advance(resolve_rollback(parent.id, "retry", actor=OTTO))  # the bank still refuses
+    assert again.input["compensations"][0]["seq"] == 1 and len(again.input["compensations"]) == 2
+    assert Run.objects.get(id=parent.id).status == "compensation_failed"
+
+    rest = advance(resolve_rollback(parent.id, "skip", actor=OTTO, reason="the bank will not take it back"))
+
+    assert [c["seq"] for c in rest.input["compensations"]] == [2]
+    assert rest.input["resolved"][0]["how"] == "skipped" and rest.input["resolved"][0]["by"] == "user:otto"
+    assert REVERSED == [6, 5]
+    assert Run.objects.get(id=parent.id).status == "compensated"
+    assert list(AuditEntry.objects.filter(action__startswith="rollback_").order_by("id").values_list("action", flat=True)) == [
+        "rollback_retry", "rollback_skip",
+    ]
+
+
+def test_a_last_compensation_marked_done_by_hand_ends_the_rollback():
+    parent, _ = failed_saga(5)
+    plan = rollback_plan(parent, after_seq=5)  # step 7 (t_undo) and step 6 (t_reverse 6)
+    CRASH["t_reverse"] = "refuse 6"
+    advance(roll_back(parent.id, actor=OTTO, reason="undo it", shown_digest=plan.digest, after_seq=5))
+    assert Run.objects.get(id=parent.id).status == "compensation_failed"
+
+    with pytest.raises(ActionRefused, match="marking a compensation done needs its result"):
+        resolve_rollback(parent.id, "done", actor=OTTO)
+    assert resolve_rollback(parent.id, "done", actor=OTTO, result={"reversed": 6}, reason="done at the bank") is None
+
+    parent.refresh_from_db()
+    assert parent.status == "compensated"
+    assert parent.events.last().reason == "the last compensation was settled by hand: done at the bank"
+    with pytest.raises(ActionRefused, match="not a rollback stopped at a failed step"):
+        resolve_rollback(parent.id, "retry", actor=OTTO)
 
 
 def test_refusals_name_the_problem_and_change_nothing(operator):

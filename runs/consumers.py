@@ -131,6 +131,7 @@ class RunConsumer(LiveConsumer):
         if controls != self.shown_controls:
             parts.append(self.render("runs/detail.html#controls", context))
             parts.append(self.render("runs/detail.html#in_doubt", context))
+            parts.append(self.render("runs/detail.html#rollback_stopped", context))
         if self.shown_steps is None or set(steps) - set(self.shown_steps):
             parts.append(self.render("runs/detail.html#step_list", context))
         else:

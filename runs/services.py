@@ -108,6 +108,7 @@ def available_actions(run):
         "cancel": S.CANCELLED in can_move_to and run.requested != Requested.CANCEL,
         "resolve": run.status == S.NEEDS_ATTENTION,
         "rollback": run.status in rollback.ROLLBACK_FROM and not run.rollback_of_id,
+        "rollback_resolve": run.status == S.COMPENSATION_FAILED,
     }
 
 

@@ -7,6 +7,7 @@ urlpatterns = [
     path("", views.run_list, name="list"),
     path("runs/<uuid:run_id>/", views.run_detail, name="detail"),
     path("runs/<uuid:run_id>/rollback/", views.rollback_page, name="rollback"),
+    path("runs/<uuid:run_id>/rollback/resolve/", views.resolve_rollback, name="resolve_rollback"),
     path("runs/<uuid:run_id>/<slug:action>/", views.run_action, name="action"),
     path("runs/<uuid:run_id>/steps/<int:seq>/resolve/", views.resolve_step, name="resolve"),
     path("audit/", views.audit_list, name="audit"),

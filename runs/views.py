@@ -14,7 +14,8 @@ from runs import services
 from runs.actors import Actor
 from runs.listing import RunListing
 from runs.models import AuditEntry, JournalEntry, Run, RunStatus
-from runs.services import Resolution
+from runs.rollback import stopped_at
+from runs.services import Resolution, RollbackResolution
 from runs.timeline import build_steps, waterfall
 
 AUDIT_PAGE_SIZE = 100
@@ -74,6 +75,7 @@ def run_context(run: Run, *, user, first_seq=None):
         "in_doubt": in_doubt,
         "pending_approval": run.approvals.filter(status="pending").first(),
         "rollbacks": list(run.rollbacks.order_by("created_at")),
+        "rollback_stopped": rollback_stopped(run),
         "can": {
             action: allowed and user.has_perm(PERMISSIONS[action]) and (action != "resolve" or in_doubt is not None)
             for action, allowed in services.available_actions(run).items()
@@ -114,6 +116,7 @@ def run_detail(request: HttpRequest, run_id) -> HttpResponse:
 
 PERMISSIONS = {
     "rollback": "runs.rollback_run",
+    "rollback_resolve": "runs.rollback_run",
     "pause": "runs.pause_run",
     "resume": "runs.resume_run",
     "cancel": "runs.cancel_run",
@@ -199,6 +202,40 @@ def rollback_page(request: HttpRequest, run_id) -> HttpResponse:
     except services.ActionRefused as error:
         plan, refused = None, str(error)
     return render(request, "runs/rollback.html", {"run": run, "plan": plan, "refused": refused, "after_seq": after_seq})
+
+
+def rollback_stopped(run):
+    return stopped_at(run) if run.status == RunStatus.COMPENSATION_FAILED else None
+
+
+ROLLBACK_RESOLVED = {
+    RollbackResolution.RETRY: "Retrying: a new rollback run calls the failed compensation again, then the rest.",
+    RollbackResolution.DONE: "Recorded as done: the rollback goes on with the rest.",
+    RollbackResolution.SKIP: "Skipped: that write stays done, and the rollback goes on with the rest.",
+}
+
+
+@require_POST
+@permission_required("runs.rollback_run", raise_exception=True)
+def resolve_rollback(request: HttpRequest, run_id) -> HttpResponse:
+    run = _get_run(run_id)
+    decision = request.POST.get("decision", "")
+    result = None
+    if decision == RollbackResolution.DONE:
+        text = request.POST.get("result", "").strip()
+        try:
+            result = json.loads(text)
+        except json.JSONDecodeError as error:
+            messages.error(request, f"The result is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); nothing was changed.")
+            return _back_to(request, run)
+    try:
+        services.resolve_rollback(run.id, decision, actor=Actor.for_user(request.user), reason=request.POST.get("reason", ""),
+                                  result=result)
+    except services.ActionRefused as error:
+        messages.error(request, f"Not done: {error}.")
+    else:
+        messages.success(request, ROLLBACK_RESOLVED[decision])
+    return _back_to(request, run)
 
 
 def _back_to(request, run):

@@ -329,3 +329,24 @@ def test_the_plan_page_of_a_run_that_cannot_be_rolled_back_says_why(client, oper
 
     assert "Nothing to roll back now" in page
     assert "A succeeded run cannot be rolled back" in page
+
+
+def test_the_run_page_offers_the_ways_on_when_a_rollback_stopped(client, operator):
+    parent, child = failed_saga(5)
+    plan = rollback_plan(parent)
+    CRASH["t_reverse"] = "refuse 15"
+    advance(roll_back(parent.id, actor=OTTO, reason="undo it", shown_digest=plan.digest,
+                      acknowledged=[f"{parent.id}:3"]))
+    client.force_login(operator)
+
+    page = client.get(f"/runs/{parent.id}/").content.decode()
+    assert "The rollback stopped at step 1 (t_deposit)" in page
+    assert "the bank refused to take back 15" in page
+    assert all(button in page for button in ("Retry it", "Mark done", "Skip it"))
+
+    bad = client.post(f"/runs/{parent.id}/rollback/resolve/", {"decision": "done", "result": "{oops"}, follow=True)
+    assert messages_of(bad)[0].startswith("The result is not valid JSON")
+    done = client.post(f"/runs/{parent.id}/rollback/resolve/",
+                       {"decision": "skip", "reason": "the bank keeps it"}, follow=True)
+    assert messages_of(done) == ["Skipped: that write stays done, and the rollback goes on with the rest."]
+    assert Run.objects.get(id=parent.id).status == "compensating"

@@ -418,3 +418,22 @@ def w_leave_transaction(args: Numbered) -> dict:
 @agent("w_transaction_leaver")
 def w_transaction_leaver(ctx, request: Numbered) -> dict:
     return ctx.tool("w_leave_transaction", value=request.value)
+
+
+# For forks: a tool with an output model whose result the next step uses.
+
+
+@tool(effect="read", output_model=Receipt)
+def t_receipt(args: Value) -> dict:
+    _called("t_receipt")
+    return {"receipt_id": args.value}
+
+
+@agent("t_forkable")
+def t_forkable(ctx, request: Value) -> dict:
+    receipt = ctx.tool("t_receipt", value=request.value)
+    return {
+        "receipt": receipt,
+        "idem": ctx.tool("t_idem", value=receipt["receipt_id"]),
+        "llm": ctx.llm("scripted", prompt=f"receipt {receipt['receipt_id']}"),
+    }

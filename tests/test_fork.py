@@ -12,6 +12,8 @@ from runs.moves import start_run
 from runs.services import ActionRefused, Resolution, fork_run, resolve_step
 from runs.sweeper import sweep
 from tests.agents import CALLS, CRASH, KEYS, TEST, Crash
+from tools.approvals import decide
+from tools.models import Approval
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -197,3 +199,32 @@ def test_it_refuses_a_rollback_run():
     origin = finished("t_forkable")
     rollback = Run.objects.create(agent="t_forkable", input={"value": 1}, started_by="cli", rollback_of=origin)
     refused("is a rollback run: it undoes another run's writes, and cannot be forked", rollback.id, 1, actor=OTTO, reason="why")
+
+
+def test_a_child_started_at_a_kept_step_is_shared_with_the_origin():
+    origin = advance(start_run("t_parent", {"value": 4}, started_by=TEST))  # step 1 starts the child
+    child = Run.objects.get(parent=origin)
+    assert (origin.status, origin.wait_ref) == ("waiting", str(child.id))
+
+    fork = advance(fork_run(origin.id, 1, actor=OTTO, reason="wait for it again"))
+
+    # The replay returns the recorded child id: no second child, and the fork waits for this one.
+    assert Run.objects.filter(agent="t_child").count() == 1
+    assert (fork.status, fork.wait_kind, fork.wait_ref) == ("waiting", "child", str(child.id))
+
+
+def test_an_approval_decided_at_a_kept_step_is_not_asked_again():
+    ada = Actor("user", "ada")
+    origin = advance(start_run("t_guarded", {"value": 5}, started_by=TEST))
+    decide(Approval.objects.get(run=origin, seq=1).id, "approve", actor=ada,
+           shown_hash=Approval.objects.get(run=origin, seq=1).args_hash)
+    origin = advance(origin)  # step 1 charged; step 2 (a delete) waits for its own approval
+    assert origin.status == "waiting" and CALLS["t_irreversible"] == 1
+
+    fork = advance(fork_run(origin.id, 1, actor=OTTO, reason="delete differently"))
+
+    # Step 1 is replayed, not asked for or charged again; the fork's step 2 asks anew.
+    assert CALLS["t_irreversible"] == 1
+    assert not Approval.objects.filter(run=fork, seq=1).exists()
+    assert (fork.status, fork.wait_kind) == ("waiting", "approval")
+    assert Approval.objects.get(run=fork, seq=2).status == "pending"

@@ -119,13 +119,9 @@ def start_run(agent_name, input, *, started_by, idempotency_key=None, parent_id=
             return existing
     try:
         with transaction.atomic():
-            run = Run.objects.create(
-                agent=agent_name, input=data, started_by=started_by.label,
-                idempotency_key=idempotency_key, parent_id=parent_id, rollback_of_id=rollback_of_id,
-            )
-            RunEvent.objects.create(run=run, kind=RunEvent.Kind.CREATED, to_status=S.QUEUED, actor=started_by.label)
-            queue.enqueue_advance(run.id)
-            live.changed(run.id)
+            run = _insert_queued(started_by, agent=agent_name, input=data,
+                                 idempotency_key=idempotency_key, parent_id=parent_id,
+                                 rollback_of_id=rollback_of_id)
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -417,3 +413,30 @@ def honour_request(run_id, *, actor, epoch=None, lease_expired=False, about_to="
         to = S.CANCELLED if requested == Requested.CANCEL else S.PAUSED
         reason = f"{to} by an operator's request" + (f" (the run was about to {about_to})" if about_to else "")
         return move(run_id, to, actor=actor, reason=reason, epoch=epoch, lease_expired=lease_expired)
+
+
+# Creating a run: the one insert, for a start and for a fork -----------------------------------
+
+
+def _insert_queued(started_by, *, reason="", details=None, **fields):
+    """Insert a queued run and its `created` event, in the caller's transaction; the job that
+    advances it, and the live pages' news, follow the commit."""
+    run = Run.objects.create(started_by=started_by.label, **fields)
+    RunEvent.objects.create(run=run, kind=RunEvent.Kind.CREATED, to_status=S.QUEUED,
+                            actor=started_by.label, reason=reason, details=details)
+    queue.enqueue_advance(run.id)
+    live.changed(run.id)
+    return run
+
+
+def start_fork(origin, seq, *, started_by, reason="", details=None):
+    """A queued run of `origin`'s agent with its input, forked at step `seq`. Call it inside
+    the transaction that copies the origin's journal into it (runs.services.fork_run): a worker
+    is asked to advance it only after that commits. Raises UnknownAgent or InvalidInput when the
+    agent no longer exists or no longer accepts the origin's input."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("start_fork must run in the transaction that copies the journal")
+    agent = get_agent(origin.agent)
+    data = agent.dump_input(agent.parse_input(origin.input))
+    return _insert_queued(started_by, agent=origin.agent, input=data, forked_from_id=origin.id,
+                          forked_at_seq=seq, reason=reason, details=details)

@@ -80,9 +80,12 @@ class Plan:
 
 def plan_for(run, after_seq=None):
     """The rollback plan of a run: its completed writes (and its children's) after `after_seq`
-    (all of them when None), newest first."""
+    (all of them when None), newest first. A fork's own writes start after the step it was
+    forked at: the steps it holds up to there are its origin's, undone by rolling the origin
+    back."""
     found = []  # (completed at, run id, seq, PlanStep)
-    for member, since in _tree(run, after_seq):
+    since = max(after_seq or 0, run.forked_at_seq or 0)
+    for member, since in _tree(run, since or None):
         found += _writes_of(member, since)
     found.sort(key=lambda item: (item[0], item[1], item[2]), reverse=True)
     return Plan(run_id=str(run.id), after_seq=after_seq, steps=[step for *_, step in found])

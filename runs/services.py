@@ -7,9 +7,13 @@ ActionRefused with a message that says why, and changes nothing.
 """
 
 from django.db import transaction
+from django.db.models import Max
+from pydantic import ValidationError
 
 from runs import moves, rollback
+from runs.agents import InvalidInput, UnknownAgent, describe
 from runs.models import AuditEntry, JournalEntry, Requested, Run, RunStatus
+from tools.registry import TOOLS
 
 S = RunStatus
 
@@ -205,3 +209,100 @@ def resolve_rollback(run_id, resolution, *, actor, reason="", result=None):
             "result": result, "next_rollback_run": str(next_run.id) if next_run else None,
         })
     return next_run
+
+
+# Fork from a step --------------------------------------------------------------------------------
+
+NOT_EDITED = object()  # fork_run's `result` when the operator keeps step N's recorded result
+
+
+def fork_run(run_id, seq, *, actor, result=NOT_EDITED, reason):
+    """Start a new run of the run's agent, with its input, whose journal holds the run's rows of
+    steps 1..seq (step seq's result replaced by `result` when given); returns the new run.
+
+    The rows are copied (the journal is append-only, so copying is inserting), with their
+    idempotency keys: a replay returns their results and never calls them again. The agent goes
+    on from step seq + 1, whose keys are the new run's. The origin is not touched.
+    """
+    reason = reason.strip()
+    edited = result is not NOT_EDITED
+    if not reason:
+        raise ActionRefused("forking needs a reason: say why the run should go on differently from this step")
+    with transaction.atomic():
+        origin = Run.objects.get(id=run_id)
+        if origin.rollback_of_id is not None:
+            raise ActionRefused(f"run {run_id} is a rollback run: it undoes another run's writes, and cannot be forked")
+        rows = list(JournalEntry.objects.filter(run_id=run_id, seq__lte=seq).order_by("seq", "attempt", "id"))
+        _check_fork_point(origin, seq, rows)
+        last = rows[-1]  # step seq's final outcome: what a replay returns
+        if edited:
+            result = _checked_edit(last, result)
+        fork = _start_fork(origin, seq, actor=actor, reason=reason, edited=edited)
+        JournalEntry.objects.bulk_create([
+            JournalEntry(
+                run=fork, seq=row.seq, attempt=row.attempt, phase=row.phase, kind=row.kind,
+                name=row.name, effect=row.effect, args=row.args, args_hash=row.args_hash,
+                idempotency_key=row.idempotency_key, status=row.status, error=row.error,
+                result=result if edited and row is last else row.result,
+                actor=actor.label if edited and row is last else row.actor,
+            )
+            for row in rows
+        ])
+        AuditEntry.record(actor, "fork", run_id=run_id, reason=reason,
+                          details={"seq": seq, "edited": edited, "fork": str(fork.id)})
+    return fork
+
+
+def _check_fork_point(origin, seq, rows):
+    """Steps 1..seq exist and each is complete: its last row an outcome that succeeded or failed."""
+    last_seq = JournalEntry.objects.filter(run_id=origin.id).aggregate(last=Max("seq"))["last"] or 0
+    if last_seq == 0:
+        raise ActionRefused(f"run {origin.id} has no steps yet: there is nothing to fork from")
+    if not 1 <= seq <= last_seq:
+        raise ActionRefused(f"run {origin.id} has no step {seq}: its steps are 1 to {last_seq}")
+    last_rows = {row.seq: row for row in rows}  # rows are in order: the last of each seq wins
+    for step in range(1, seq + 1):
+        row = last_rows.get(step)
+        if row is None:
+            raise ActionRefused(f"step {step} of run {origin.id} has no journal rows, so the fork could not replay it")
+        if row.phase != JournalEntry.Phase.OUTCOME:
+            raise ActionRefused(
+                f"step {step} is not complete: its intent is recorded and its outcome is not (the "
+                "call is under way, or in doubt); fork from an earlier step, or once it is decided"
+            )
+        if row.status == JournalEntry.Status.ABANDONED:
+            raise ActionRefused(
+                f"step {step} is not complete: an operator decided its last attempt did not happen, "
+                "and it has not run again yet"
+            )
+
+
+def _checked_edit(outcome, result):
+    """The operator's result for the step, as the tool's output model would record it."""
+    if outcome.kind != JournalEntry.Kind.TOOL:
+        raise ActionRefused(
+            f"step {outcome.seq} is not a tool step (its kind is {JournalEntry.Kind(outcome.kind).label.lower()}): "
+            "only a tool step's result can be edited; fork without an edited result"
+        )
+    if outcome.status != JournalEntry.Status.SUCCEEDED:
+        raise ActionRefused(
+            f"step {outcome.seq} failed, so it has no result to edit: fork from it without an edit, "
+            "or from the step before it"
+        )
+    spec = TOOLS.get(outcome.name)
+    if spec is None:
+        raise ActionRefused(f"tool {outcome.name!r} is no longer registered, so an edited result cannot be checked")
+    if spec.output_model is None:
+        return result
+    try:
+        return spec.output_model.model_validate(result).model_dump(mode="json")
+    except ValidationError as error:
+        raise ActionRefused(f"the edited result does not fit the output model of {outcome.name!r}: {describe(error)}") from None
+
+
+def _start_fork(origin, seq, *, actor, reason, edited):
+    try:
+        return moves.start_fork(origin, seq, started_by=actor, reason=reason,
+                                details={"forked_from": str(origin.id), "seq": seq, "edited": edited})
+    except (UnknownAgent, InvalidInput) as error:
+        raise ActionRefused(f"the run's agent cannot start again: {error}") from None

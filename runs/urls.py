@@ -11,4 +11,5 @@ urlpatterns = [
     path("runs/<uuid:run_id>/<slug:action>/", views.run_action, name="action"),
     path("runs/<uuid:run_id>/steps/<int:seq>/resolve/", views.resolve_step, name="resolve"),
     path("audit/", views.audit_list, name="audit"),
+    path("runs/<uuid:run_id>/fork/<int:seq>/", views.fork_run, name="fork"),
 ]

@@ -72,6 +72,7 @@ def run_context(run: Run, *, user, first_seq=None):
         "waterfall": waterfall(run, steps, timezone.now()),
         "events": list(run.events.all()),
         "children": _children_tree(run),
+        **fork_context(run, user),
         "in_doubt": in_doubt,
         "pending_approval": run.approvals.filter(status="pending").first(),
         "rollbacks": list(run.rollbacks.order_by("created_at")),
@@ -267,3 +268,37 @@ def audit_list(request: HttpRequest) -> HttpResponse:
         "actions": AuditEntry.objects.order_by().values_list("action", flat=True).distinct(),
     }
     return render(request, "runs/audit.html", context)
+
+
+# Fork from a step: a new run that keeps this run's steps 1..N (N's result optionally edited) and
+# goes on from N + 1 (runs.services.fork_run).
+
+
+def fork_context(run: Run, user):
+    """The run's forks (the page links them, and its origin) and whether the user may fork it."""
+    return {
+        "forks": list(run.forks.order_by("created_at", "id").only("id", "forked_at_seq")),
+        "can_fork": run.rollback_of_id is None and user.has_perm("runs.fork_run"),
+    }
+
+
+@require_POST
+@permission_required("runs.fork_run", raise_exception=True)
+def fork_run(request: HttpRequest, run_id, seq: int) -> HttpResponse:
+    run = _get_run(run_id)
+    text = request.POST.get("result", "").strip()
+    result = services.NOT_EDITED
+    if text:
+        try:
+            result = json.loads(text)
+        except json.JSONDecodeError as error:
+            messages.error(request, f"The edited result is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); nothing was changed.")
+            return _back_to(request, run)
+    try:
+        fork = services.fork_run(run.id, seq, actor=Actor.for_user(request.user), result=result,
+                                 reason=request.POST.get("reason", ""))
+    except services.ActionRefused as error:
+        messages.error(request, f"Not done: {error}.")
+        return _back_to(request, run)
+    messages.success(request, f"Forked: this new run keeps steps 1-{seq} of run {run.id} and continues from step {seq + 1}.")
+    return _back_to(request, fork)

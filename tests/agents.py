@@ -501,3 +501,22 @@ def w_saga(ctx, request: Deposit) -> None:
     for value in (1, 2, 3):
         ctx.tool("w_deposit", value=value, release=request.release)
     raise RuntimeError("the agent gave up after its deposits")
+
+
+# For forks: a tool with an output model whose result the next step uses.
+
+
+@tool(effect="read", output_model=Receipt)
+def t_receipt(args: Value) -> dict:
+    _called("t_receipt")
+    return {"receipt_id": args.value}
+
+
+@agent("t_forkable")
+def t_forkable(ctx, request: Value) -> dict:
+    receipt = ctx.tool("t_receipt", value=request.value)
+    return {
+        "receipt": receipt,
+        "idem": ctx.tool("t_idem", value=receipt["receipt_id"]),
+        "llm": ctx.llm("scripted", prompt=f"receipt {receipt['receipt_id']}"),
+    }

@@ -191,6 +191,16 @@ def test_a_last_compensation_marked_done_by_hand_ends_the_rollback():
         resolve_rollback(parent.id, "retry", actor=OTTO)
 
 
+def test_a_fork_rolls_back_only_its_own_writes_not_those_it_holds_from_its_origin():
+    from runs.services import fork_run
+
+    parent, _ = failed_saga(5)
+    fork = advance(fork_run(parent.id, 6, actor=OTTO, reason="try the end again"))
+    assert fork.status == "failed"
+
+    assert [(s.run_id, s.seq, s.tool) for s in plan_for(fork).steps] == [(str(fork.id), 7, "t_plain")]
+
+
 def test_refusals_name_the_problem_and_change_nothing(operator):
     parent, _ = failed_saga(5)
     plan = rollback_plan(parent)

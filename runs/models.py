@@ -87,6 +87,8 @@ class Run(models.Model):
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="forks"
     )
     forked_at_seq = models.PositiveIntegerField(null=True, blank=True)
+    # A rollback an admin allowed to write while a freeze holds (a person's repair, audited).
+    during_freeze = models.BooleanField(default=False)
 
     requested = models.CharField(
         max_length=8, choices=Requested.choices, default=Requested.NOTHING, blank=True
@@ -160,6 +162,10 @@ class Run(models.Model):
             models.CheckConstraint(
                 name="run_wait_names_its_reference",
                 condition=~models.Q(wait_kind__in=[WaitKind.CHILD, WaitKind.APPROVAL]) | ~models.Q(wait_ref=""),
+            ),
+            models.CheckConstraint(
+                name="run_only_a_rollback_runs_during_a_freeze",
+                condition=models.Q(during_freeze=False) | models.Q(rollback_of__isnull=False),
             ),
             # A fork names the step it was forked at, and only a fork does.
             models.CheckConstraint(

@@ -78,6 +78,7 @@ class Lease:
     # What the claim read of the run, so that the advance need not read it again.
     agent: str = ""
     input: Any = None
+    during_freeze: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ class Moved:
 # Starting a run --------------------------------------------------------------------------------
 
 
-def start_run(agent_name, input, *, started_by, idempotency_key=None, parent_id=None, rollback_of_id=None):
+def start_run(agent_name, input, *, started_by, idempotency_key=None, parent_id=None, rollback_of_id=None,
+              during_freeze=False):
     """Create a queued run and enqueue it. The same idempotency key returns the same run.
 
     Raises UnknownAgent, InvalidInput or InvalidIdempotencyKey, each naming the problem, before
@@ -121,7 +123,7 @@ def start_run(agent_name, input, *, started_by, idempotency_key=None, parent_id=
         with transaction.atomic():
             run = _insert_queued(started_by, agent=agent_name, input=data,
                                  idempotency_key=idempotency_key, parent_id=parent_id,
-                                 rollback_of_id=rollback_of_id)
+                                 rollback_of_id=rollback_of_id, during_freeze=during_freeze)
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -152,12 +154,12 @@ WITH claimed AS (
         lease_expires_at = now() + make_interval(secs => %(lease)s),
         lease_epoch = lease_epoch + 1, started_at = COALESCE(started_at, now()), updated_at = now()
     WHERE id = %(run)s AND status = 'queued'
-    RETURNING id, lease_epoch, agent, input
+    RETURNING id, lease_epoch, agent, input, during_freeze
 ), event AS (
     INSERT INTO runs_runevent (run_id, at, kind, from_status, to_status, actor, reason)
     SELECT id, now(), 'transition', 'queued', 'running', %(actor)s, '' FROM claimed
 )
-SELECT lease_epoch, agent, input FROM claimed
+SELECT lease_epoch, agent, input, during_freeze FROM claimed
 """
 
 
@@ -174,9 +176,10 @@ def claim(run_id, owner):
     if row is None:
         return None
     live.changed(run_id)
-    epoch, agent, input = row
+    epoch, agent, input, during_freeze = row
     # Django has psycopg hand jsonb over as text.
-    return Lease(run_id=run_id, owner=owner, epoch=epoch, agent=agent, input=json.loads(input))
+    return Lease(run_id=run_id, owner=owner, epoch=epoch, agent=agent, input=json.loads(input),
+                 during_freeze=during_freeze)
 
 
 def extend_lease(lease):

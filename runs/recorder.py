@@ -229,15 +229,16 @@ def load_journal(run_id):
 #
 # The intent of a write or delete also locks the freeze state FOR KEY SHARE (`locks_freeze`)
 # and is refused while a freeze covers the run's agent: see tools/freeze.py for why no write
-# intent can be recorded after a freeze has committed.
+# intent can be recorded after a freeze has committed. The one exception is a rollback run an
+# admin allowed to run during the freeze (Run.during_freeze): a person's repair.
 WRITE_SQL = """
 WITH run AS (
-    SELECT lease_epoch, lease_owner, status, requested, agent FROM runs_run
+    SELECT lease_epoch, lease_owner, status, requested, agent, during_freeze FROM runs_run
     WHERE id = %(run)s::uuid FOR KEY SHARE
 ), freeze_now AS (
     SELECT COALESCE(NULLIF(f.global_reason, ''), f.agents ->> run.agent, '') AS reason
     FROM tools_freezestate f, run
-    WHERE f.id = 1 AND %(locks_freeze)s::boolean
+    WHERE f.id = 1 AND %(locks_freeze)s::boolean AND NOT run.during_freeze
     FOR KEY SHARE OF f
 ), inserted AS (
     INSERT INTO runs_journalentry (
@@ -254,14 +255,14 @@ WITH run AS (
       AND (%(phase)s::varchar = 'outcome' OR run.requested = '')
       AND NOT EXISTS (SELECT 1 FROM freeze_now WHERE freeze_now.reason <> '')
       -- Without the freeze state row there is nothing to lock: refuse, rather than race.
-      AND (NOT %(locks_freeze)s::boolean OR EXISTS (SELECT 1 FROM freeze_now))
+      AND (NOT %(locks_freeze)s::boolean OR run.during_freeze OR EXISTS (SELECT 1 FROM freeze_now))
     RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM inserted),
        run.status = 'running' AND run.lease_epoch = %(epoch)s::bigint
            AND run.lease_owner = %(owner)s::varchar,
        run.requested,
-       CASE WHEN %(locks_freeze)s::boolean AND NOT EXISTS (SELECT 1 FROM freeze_now)
+       CASE WHEN %(locks_freeze)s::boolean AND NOT run.during_freeze AND NOT EXISTS (SELECT 1 FROM freeze_now)
             THEN 'the freeze state is missing (run manage.py migrate)'
             ELSE (SELECT reason FROM freeze_now) END
 FROM run
@@ -304,7 +305,7 @@ class Recorder:
         self.journal = journal
         self.agent = agent
         self.dry_run = dry_run
-        self.policy = Policy(lease.run_id, agent)
+        self.policy = Policy(lease.run_id, agent, during_freeze=lease.during_freeze)
         self.seq = 0
         self.tool_calls = defaultdict(int)  # tool name -> its steps so far in this run, for caps
 

@@ -211,11 +211,12 @@ def rollback(ctx, plan: RollbackInput) -> RollbackOutcome:
 POLICY = Actor.system("rollback-policy")
 
 
-def begin(run, plan, *, actor, reason):
+def begin(run, plan, *, actor, reason, during_freeze=False):
     """The run becomes compensating and a rollback run starts with the plan, frozen. Called in
     the caller's transaction (the operator's confirmation, or the run's failing move)."""
     moves.move(run.id, S.COMPENSATING, actor=actor, reason=f"rolling back: {reason}")
-    return moves.start_run(ROLLBACK_AGENT, rollback_input(run, plan), started_by=actor, rollback_of_id=run.id)
+    return moves.start_run(ROLLBACK_AGENT, rollback_input(run, plan), started_by=actor, rollback_of_id=run.id,
+                           during_freeze=during_freeze)
 
 
 def roll_back_on_failure(run_id):

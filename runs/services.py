@@ -116,14 +116,18 @@ def available_actions(run):
     }
 
 
-def roll_back(run_id, *, actor, reason, shown_digest, acknowledged=(), after_seq=None):
+def roll_back(run_id, *, actor, reason, shown_digest, acknowledged=(), after_seq=None, during_freeze=False):
     """Start the rollback of a run, as its plan was shown: the run becomes compensating and a
     rollback run (runs/rollback.py) undoes its writes. The confirmation counts as the approval
     of each compensation in the plan, audited as such. `acknowledged` names the irreversible
-    steps the operator ticked (PlanStep.key). Returns the rollback run."""
+    steps the operator ticked (PlanStep.key). With during_freeze, the rollback's writes go on
+    while a freeze holds: only an actor who may set and lift freezes may ask it. Returns the
+    rollback run."""
     reason = reason.strip()
     if not reason:
         raise ActionRefused("rolling back needs a reason: say what went wrong")
+    if during_freeze and not (actor.user is not None and actor.user.has_perm("tools.freeze_writes")):
+        raise ActionRefused("only an admin who may set and lift freezes may let a rollback run during a freeze")
     with transaction.atomic():
         run = Run.objects.select_for_update().get(id=run_id)
         plan = _plan_to_roll_back(run, after_seq)
@@ -133,10 +137,11 @@ def roll_back(run_id, *, actor, reason, shown_digest, acknowledged=(), after_seq
         if missing:
             names = ", ".join(f"step {step.seq} ({step.tool})" for step in missing)
             raise ActionRefused(f"acknowledge each step that cannot be undone first: {names}")
-        undo_run = rollback.begin(run, plan, actor=actor, reason=reason)
+        undo_run = rollback.begin(run, plan, actor=actor, reason=reason, during_freeze=during_freeze)
         AuditEntry.record(actor, "rollback", run_id=run.id, reason=reason, details={
             "rollback_run": str(undo_run.id), "after_seq": after_seq,
             "irreversible_acknowledged": [step.key for step in plan.irreversible],
+            "during_freeze": during_freeze,
         })
         for step in plan.compensations:
             AuditEntry.record(actor, "approval_approved", run_id=undo_run.id, reason=f"part of the rollback: {reason}",

@@ -15,6 +15,7 @@ from runs.actors import Actor
 from runs.listing import RunListing
 from runs.models import AuditEntry, JournalEntry, Run, RunStatus
 from runs.rollback import stopped_at
+from tools.models import FreezeState
 from runs.services import Resolution, RollbackResolution
 from runs.timeline import build_steps, waterfall
 
@@ -190,7 +191,7 @@ def rollback_page(request: HttpRequest, run_id) -> HttpResponse:
             undo = services.roll_back(
                 run.id, actor=Actor.for_user(request.user), reason=request.POST.get("reason", ""),
                 shown_digest=request.POST.get("digest", ""), acknowledged=request.POST.getlist("ack"),
-                after_seq=after_seq,
+                after_seq=after_seq, during_freeze=request.POST.get("during_freeze") == "1",
             )
         except services.ActionRefused as error:
             messages.error(request, f"Not rolled back: {error}.")
@@ -202,7 +203,16 @@ def rollback_page(request: HttpRequest, run_id) -> HttpResponse:
         plan, refused = services.rollback_plan(run, after_seq), ""
     except services.ActionRefused as error:
         plan, refused = None, str(error)
-    return render(request, "runs/rollback.html", {"run": run, "plan": plan, "refused": refused, "after_seq": after_seq})
+    return render(request, "runs/rollback.html", {
+        "run": run, "plan": plan, "refused": refused, "after_seq": after_seq,
+        "freeze_reason": _freeze_reason(run.agent),
+        "may_override_freeze": request.user.has_perm("tools.freeze_writes"),
+    })
+
+
+def _freeze_reason(agent):
+    state = FreezeState.objects.filter(id=1).first()
+    return state.reason_for(agent) if state else ""
 
 
 def rollback_stopped(run):

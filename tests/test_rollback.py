@@ -360,3 +360,49 @@ def test_the_run_page_offers_the_ways_on_when_a_rollback_stopped(client, operato
                        {"decision": "skip", "reason": "the bank keeps it"}, follow=True)
     assert messages_of(done) == ["Skipped: that write stays done, and the rollback goes on with the rest."]
     assert Run.objects.get(id=parent.id).status == "compensating"
+
+
+def test_under_a_freeze_a_rollback_waits_unless_an_admin_lets_it_run(admin_user, operator):
+    from tools.freeze import lift_freeze, set_freeze
+
+    parent, _ = failed_saga(5)
+    plan = rollback_plan(parent, after_seq=5)
+    set_freeze(reason="incident 7", actor=Actor.for_user(admin_user))
+
+    with pytest.raises(ActionRefused, match="only an admin who may set and lift freezes"):
+        roll_back(parent.id, actor=Actor.for_user(operator), reason="x", shown_digest=plan.digest, after_seq=5,
+                  during_freeze=True)
+    waits = advance(roll_back(parent.id, actor=OTTO, reason="undo", shown_digest=plan.digest, after_seq=5))
+    assert (waits.status, waits.wait_kind) == ("waiting", "freeze")
+    assert REVERSED == []
+    lift_freeze(actor=Actor.for_user(admin_user))
+    advance(waits)
+    assert REVERSED == [6]
+
+    other, _ = failed_saga(7)
+    plan = rollback_plan(other, after_seq=5)
+    set_freeze(reason="incident 8", actor=Actor.for_user(admin_user))
+    repair = advance(roll_back(other.id, actor=Actor.for_user(admin_user), reason="a person's repair",
+                               shown_digest=plan.digest, after_seq=5, during_freeze=True))
+
+    assert repair.status == "succeeded" and repair.during_freeze
+    assert REVERSED == [6, 8]
+    assert Run.objects.get(id=other.id).status == "compensated"
+    entry = AuditEntry.objects.get(action="rollback", run_id=other.id)
+    assert entry.details["during_freeze"] is True and entry.username == "ada"
+    lift_freeze(actor=Actor.for_user(admin_user))
+
+
+def test_the_plan_page_under_a_freeze_offers_the_override_to_admins_only(client, admin_user, operator):
+    from tools.freeze import lift_freeze, set_freeze
+
+    parent, _ = failed_saga(5)
+    set_freeze(reason="incident 9", actor=Actor.for_user(admin_user))
+    client.force_login(operator)
+    as_operator = client.get(f"/runs/{parent.id}/rollback/").content.decode()
+    client.force_login(admin_user)
+    as_admin = client.get(f"/runs/{parent.id}/rollback/").content.decode()
+
+    assert "A freeze holds (incident 9)" in as_operator and 'name="during_freeze"' not in as_operator
+    assert 'name="during_freeze"' in as_admin
+    lift_freeze(actor=Actor.for_user(admin_user))

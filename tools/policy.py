@@ -52,9 +52,11 @@ class Mismatch:
 
 
 class Policy:
-    def __init__(self, run_id, agent):
+    def __init__(self, run_id, agent, during_freeze=False):
         self.run_id = run_id
         self.agent = agent
+        # A rollback an admin allowed to run during a freeze (Run.during_freeze).
+        self.during_freeze = during_freeze
         self._rules = {}  # tool name -> (enabled, Permission)
         self._frozen = None  # the freeze's reason for this agent
 
@@ -63,7 +65,7 @@ class Policy:
         enabled, permission = self._rules_for(spec)
         if not enabled:
             return Refuse("contract", f"tool {spec.name!r} is disabled")
-        if spec.writes:
+        if spec.writes and not self.during_freeze:
             frozen = self.frozen_reason()
             if frozen:
                 return Hold(WaitFor.freeze(frozen))

@@ -113,6 +113,8 @@ def available_actions(run):
         "resolve": run.status == S.NEEDS_ATTENTION,
         "rollback": run.status in rollback.ROLLBACK_FROM and not run.rollback_of_id,
         "rollback_resolve": run.status == S.COMPENSATION_FAILED,
+        "cancel_and_rollback": S.CANCELLED in can_move_to and run.requested != Requested.CANCEL
+        and run.status not in rollback.ROLLBACK_FROM and not run.rollback_of_id,
     }
 
 

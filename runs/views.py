@@ -6,6 +6,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Max, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
@@ -119,6 +120,7 @@ def run_detail(request: HttpRequest, run_id) -> HttpResponse:
 PERMISSIONS = {
     "rollback": "runs.rollback_run",
     "rollback_resolve": "runs.rollback_run",
+    "cancel_and_rollback": "runs.rollback_run",
     "pause": "runs.pause_run",
     "resume": "runs.resume_run",
     "cancel": "runs.cancel_run",
@@ -186,6 +188,8 @@ def rollback_page(request: HttpRequest, run_id) -> HttpResponse:
     run = _get_run(run_id)
     after = request.POST.get("after") or request.GET.get("after") or ""
     after_seq = int(after) if after.isdigit() else None
+    if request.method == "POST" and request.POST.get("cancel_first") == "1":
+        return _cancel_to_roll_back(request, run)
     if request.method == "POST":
         try:
             undo = services.roll_back(
@@ -203,11 +207,29 @@ def rollback_page(request: HttpRequest, run_id) -> HttpResponse:
         plan, refused = services.rollback_plan(run, after_seq), ""
     except services.ActionRefused as error:
         plan, refused = None, str(error)
+    if run.status == RunStatus.RUNNING and run.requested == "cancel":
+        refused = "the run is stopping at its next step boundary; this page shows its plan once it has stopped"
     return render(request, "runs/rollback.html", {
         "run": run, "plan": plan, "refused": refused, "after_seq": after_seq,
         "freeze_reason": _freeze_reason(run.agent),
         "may_override_freeze": request.user.has_perm("tools.freeze_writes"),
     })
+
+
+def _cancel_to_roll_back(request, run):
+    """A run that has not stopped is cancelled first (at its next step boundary, if it is
+    running); its plan follows on the plan page once it has stopped."""
+    if not request.user.has_perm("runs.cancel_run"):
+        raise PermissionDenied
+    reason = request.POST.get("reason", "").strip()
+    try:
+        services.cancel(run.id, actor=Actor.for_user(request.user), reason=reason and f"to roll it back: {reason}")
+    except services.ActionRefused as error:
+        messages.error(request, f"Not cancelled: {error}.")
+        return _back_to(request, run)
+    messages.success(request, "Cancelled to roll it back: the plan below is what would be undone.")
+    url = reverse("runs:rollback", args=[run.id])
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
 
 def _freeze_reason(agent):

@@ -406,3 +406,18 @@ def test_the_plan_page_under_a_freeze_offers_the_override_to_admins_only(client,
     assert "A freeze holds (incident 9)" in as_operator and 'name="during_freeze"' not in as_operator
     assert 'name="during_freeze"' in as_admin
     lift_freeze(actor=Actor.for_user(admin_user))
+
+
+def test_a_run_that_has_not_stopped_is_cancelled_first_then_its_plan_shown(client, operator):
+    parent = advance(start_run("t_saga", {"value": 5}, started_by=TEST))
+    assert (parent.status, parent.wait_kind) == ("waiting", "child")  # its writes 2 and 3 done
+    client.force_login(operator)
+    assert "Cancel, then roll back" in client.get(f"/runs/{parent.id}/").content.decode()
+
+    response = client.post(f"/runs/{parent.id}/rollback/", {"cancel_first": "1", "reason": "wrong customer"}, follow=True)
+
+    assert Run.objects.get(id=parent.id).status == "cancelled"
+    assert messages_of(response) == ["Cancelled to roll it back: the plan below is what would be undone."]
+    page = response.content.decode()
+    assert f'name="ack" value="{parent.id}:3" required' in page and "undone by <b>t_reverse</b>" in page
+    assert AuditEntry.objects.get(action="cancel").reason == "to roll it back: wrong customer"

@@ -42,3 +42,18 @@ def test_an_operator_rolls_back_a_failed_demo_run_and_sees_the_refund_reversed(
     expect(page.locator(f"#refund-{refund.id}")).to_contain_text("reversed")
     refund.refresh_from_db()
     assert refund.reversed_at is not None
+
+    # Then a fork from step 1 with a corrected result (the order that was meant) runs to the end.
+    page.goto(f"{live_server_url}/runs/{run.id}/")
+    step = page.locator("#step-1")
+    step.locator("summary").click()
+    corrected = '{"id": "A-1001", "email": "ann@example.com", "total_cents": 4200, "item": "kettle"}'
+    step.get_by_label("Step 1's result, edited").fill(corrected)
+    step.get_by_label("Reason for forking").fill("the customer meant order A-1001")
+    step.get_by_role("button", name="Fork from here").click()
+    expect(page.locator("#run-header")).to_contain_text("Forked from")
+    fork = Run.objects.get(forked_from=run)
+    email = wait_for(lambda: Approval.objects.filter(run=fork, status="pending").first(), what="the fork's email request")
+    decide(email.id, "approve", actor=Actor.for_user(admin_user), shown_hash=email.args_hash)
+    expect(page.locator("#run-header .title .status")).to_have_text("succeeded", timeout=30_000)
+    assert Refund.objects.filter(order_id="A-1001", reversed_at__isnull=True).count() == 1

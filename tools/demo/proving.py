@@ -2,13 +2,15 @@
 benchmark agents (`manage.py bench_journal`).
 
 The chaos tools act on LedgerCall, a table that stands for the outside world and records every
-call they receive, so the chaos command can count effects that happened twice.
+call they receive, so the chaos command can count effects that happened twice. Their writes are
+undone by chaos_undo, which acts on the ledger too, so `chaos --rollback` can count
+compensations that happened twice.
 """
 
 import random
 import time
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from pydantic import BaseModel, Field
 
 from runs.agents import agent
@@ -17,8 +19,10 @@ from tools.registry import Compensation, Reconciled, tool
 
 
 # The proving tools declare a compensation, so the default rule lets them run without
-# approval: chaos and the benchmarks measure the journal, not people.
+# approval: chaos and the benchmarks measure the journal, not people. The benchmarks' writes
+# are undone by a no-op; the chaos agent's by chaos_undo, which takes the amount back.
 UNDO = Compensation("proving_undo", lambda args, result: {"account": args.get("account", 0)})
+CHAOS_UNDO = Compensation("chaos_undo", lambda args, result: {"account": args["account"], "amount": args["amount"]})
 
 
 def _latency():
@@ -40,6 +44,21 @@ class Amount(BaseModel):
     amount: int = Field(gt=0)
 
 
+@tool(effect="write", idempotent=True)
+def chaos_undo(args: Amount, *, idempotency_key: str) -> dict:
+    """The chaos writes' compensation, an idempotent write: the downstream takes the amount back
+    once per key (its own key, ROLLBACK-RUN-ID:SEQ; the rollback run's input says which step
+    that seq undoes) and records later calls with the same key with executed=False."""
+    _latency()
+    with transaction.atomic():
+        # Two calls with the same key queue up on the key's lock, so only the first takes effect.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [idempotency_key])
+        first = not LedgerCall.objects.filter(key=idempotency_key, tool="chaos_undo", executed=True).exists()
+        LedgerCall.objects.create(key=idempotency_key, tool="chaos_undo", executed=first, amount=args.amount)
+    return {"undone": args.amount}
+
+
 @tool(effect="read")
 def chaos_balance(args: Account) -> dict:
     """Read: a deterministic balance."""
@@ -47,7 +66,7 @@ def chaos_balance(args: Account) -> dict:
     return {"balance": 100 + args.account}
 
 
-@tool(effect="write", idempotent=True, compensation=UNDO)
+@tool(effect="write", idempotent=True, compensation=CHAOS_UNDO)
 def chaos_deposit(args: Amount, *, idempotency_key: str) -> dict:
     """Idempotent write: the downstream takes effect once per key."""
     _latency()
@@ -64,7 +83,7 @@ def _charge_happened(args, idempotency_key):
     return Reconciled(happened=done, result={"charged": args.amount} if done else None)
 
 
-@tool(effect="write", reconcile=_charge_happened, compensation=UNDO)
+@tool(effect="write", reconcile=_charge_happened, compensation=CHAOS_UNDO)
 def chaos_charge(args: Amount, *, idempotency_key: str) -> dict:
     """Non-idempotent write with a reconcile hook: the downstream can say whether key K happened."""
     _latency()
@@ -72,7 +91,7 @@ def chaos_charge(args: Amount, *, idempotency_key: str) -> dict:
     return {"charged": args.amount}
 
 
-@tool(effect="write", compensation=UNDO)
+@tool(effect="write", compensation=CHAOS_UNDO)
 def chaos_notify(args: Amount, *, idempotency_key: str) -> dict:
     """Non-idempotent write, no reconcile: in doubt after a crash, a person decides."""
     _latency()
@@ -82,6 +101,9 @@ def chaos_notify(args: Amount, *, idempotency_key: str) -> dict:
 
 class ChaosInput(BaseModel):
     account: int = Field(ge=0)
+    # `chaos --rollback`: fail after the last step, so that the run ends failed with its writes
+    # done, and can be rolled back.
+    fail_at_end: bool = False
 
 
 class ChaosOutput(BaseModel):
@@ -97,6 +119,19 @@ def chaos_expected_total(account):
     return (100 + account) + 3 * (account + 1)
 
 
+# What each chaos write returns for an amount: the result an operator records when the ledger
+# shows that a step in doubt took effect.
+CHAOS_RESULTS = {"chaos_deposit": "deposited", "chaos_charge": "charged", "chaos_notify": "notified"}
+
+
+def chaos_result(tool_name, amount):
+    return {CHAOS_RESULTS[tool_name]: amount}
+
+
+class AskedToFail(Exception):
+    """The chaos agent's failure after its last step, asked for by its input (fail_at_end)."""
+
+
 @agent("chaos")
 def chaos(ctx, request: ChaosInput) -> ChaosOutput:
     n = request.account
@@ -107,6 +142,8 @@ def chaos(ctx, request: ChaosInput) -> ChaosOutput:
     ctx.tool("chaos_notify", account=n, amount=n + 1)
     ctx.tool("chaos_balance", account=n)
     ctx.tool("chaos_deposit", account=n, amount=n + 1)
+    if request.fail_at_end:
+        raise AskedToFail(f"account {n}: failing after the last step, as asked (chaos --rollback)")
     return ChaosOutput(account=n, total=balance + 3 * (n + 1))
 
 

@@ -9,11 +9,12 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
+from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 
 from runs import moves, queue
 from runs.actors import SWEEPER
-from runs.models import Run, RunStatus, WaitKind
+from runs.models import FINISHED, Run, RunStatus, WaitKind
 from tools.approvals import expire_overdue
 
 S = RunStatus
@@ -43,6 +44,7 @@ def sweep():
     _part(expire_overdue)
     for kind, reason in MISSED_WAKE_UPS.items():
         _part(moves.wake_due, kind, actor=SWEEPER, reason=reason)
+    _part(end_lost_compensations)
     _part(requeue_lost_jobs)
     return handed_back
 
@@ -64,6 +66,16 @@ def hand_back_expired_leases():
             moved = moves.honour_request(run_id, about_to="go back to the queue", **lapsed)
         handed_back += moved.done
     return handed_back
+
+
+def end_lost_compensations():
+    """Runs still compensating whose rollback run has finished: the end of the rollback (an
+    after-commit step of its last move) was lost with its process."""
+    finished = Run.objects.filter(rollback_of=OuterRef("pk"), status__in=FINISHED).order_by("-created_at")
+    running = Run.objects.filter(rollback_of=OuterRef("pk")).exclude(status__in=FINISHED)
+    lost = Run.objects.filter(status=S.COMPENSATING).filter(Exists(finished)).exclude(Exists(running))
+    for run_id, rollback_id in lost.annotate(last=Subquery(finished.values("id")[:1])).values_list("id", "last"):
+        moves.end_compensation(run_id, rollback_id)
 
 
 def requeue_lost_jobs():

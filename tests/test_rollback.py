@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from runs.actors import Actor
@@ -421,3 +422,23 @@ def test_a_run_that_has_not_stopped_is_cancelled_first_then_its_plan_shown(clien
     page = response.content.decode()
     assert f'name="ack" value="{parent.id}:3" required' in page and "undone by <b>t_reverse</b>" in page
     assert AuditEntry.objects.get(action="cancel").reason == "to roll it back: wrong customer"
+
+
+def test_the_sweeper_ends_a_rollback_whose_end_was_lost():
+    parent, _ = failed_saga(5)
+    plan = rollback_plan(parent)
+    undo = advance(roll_back(parent.id, actor=OTTO, reason="undo", shown_digest=plan.digest,
+                             acknowledged=[f"{parent.id}:3"]))
+    assert undo.status == "succeeded"
+    # The state a process that died between the rollback run's last commit and its after-commit
+    # step leaves behind: the original still compensating (set up past the status guard).
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE runs_run DISABLE TRIGGER run_status_guard")
+        cursor.execute("UPDATE runs_run SET status = 'compensating' WHERE id = %s", [parent.id])
+        cursor.execute("ALTER TABLE runs_run ENABLE TRIGGER run_status_guard")
+
+    sweep()
+
+    parent.refresh_from_db()
+    assert parent.status == "compensated"
+    assert parent.events.last().actor == f"run:{undo.id}"

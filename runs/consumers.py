@@ -18,7 +18,7 @@ from django.template.loader import render_to_string
 from runs import live
 from runs.listing import RunListing
 from runs.models import Run
-from runs.views import run_context
+from runs.views import controls_state, run_context, state_key, steps_state
 
 # A session ended or a role removed closes the socket within this many seconds.
 ACCESS_RECHECK_SECONDS = 5
@@ -106,8 +106,12 @@ class RunConsumer(LiveConsumer):
             return
         self.join(live.run_group(self.run_id))
         self.accept()
-        first = QueryDict(self.scope["query_string"]).get("from", "")
+        query = QueryDict(self.scope["query_string"])
+        first = query.get("from", "")
         self.first_seq = int(first) if first.isdigit() else None
+        # What the page was rendered with (fingerprints): until the first send, the consumer
+        # knows only these, and resends a part only if it no longer matches.
+        self.page_keys = {"controls": query.get("controls", ""), "steps": query.get("steps", "")}
         self.shown_steps = None  # seq -> what the page shows of it
         self.shown_controls = None
         self.changed(self.run_id)
@@ -125,8 +129,13 @@ class RunConsumer(LiveConsumer):
             self.close(code=CLOSED_GONE)
             return
         context = run_context(run, user=self.scope["user"], first_seq=self.first_seq)
-        steps = {step.seq: (step.status, step.attempts, len(step.rows)) for step in context["steps"]}
-        controls = (context["can"], getattr(context["in_doubt"], "seq", None))
+        steps, controls = steps_state(context), controls_state(context)
+        if self.page_keys:  # the first send after connecting
+            if state_key(controls) == self.page_keys["controls"]:
+                self.shown_controls = controls
+            if state_key(steps) == self.page_keys["steps"]:
+                self.shown_steps = steps
+            self.page_keys = None
         parts = [self.render("runs/detail.html#live", context)]
         if controls != self.shown_controls:
             parts.append(self.render("runs/detail.html#controls", context))

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 from django.contrib import messages
@@ -7,6 +8,7 @@ from django.db.models import Count, Max, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.http import urlencode
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
@@ -86,6 +88,26 @@ def run_context(run: Run, *, user, first_seq=None):
     }
 
 
+def controls_state(context):
+    """What the page's controls show: the consumer resends them only when this changes, so a
+    reason being typed is not wiped."""
+    stopped = context["rollback_stopped"]
+    return (context["can"], getattr(context["in_doubt"], "seq", None),
+            (stopped.failed["run_id"], stopped.failed["seq"]) if stopped else None)
+
+
+def steps_state(context):
+    """What the page shows of each step (seq -> status, attempts, rows): the consumer resends a
+    step only when its entry changes."""
+    return {step.seq: (step.status, step.attempts, len(step.rows)) for step in context["steps"]}
+
+
+def state_key(state):
+    """A short fingerprint of a state, which the page hands to its websocket: the consumer then
+    knows what the page shows, and does not replace what it need not (a form being filled)."""
+    return hashlib.sha256(repr(state).encode()).hexdigest()[:16]
+
+
 CHILD_TREE_DEPTH = 6
 
 
@@ -111,6 +133,10 @@ def run_detail(request: HttpRequest, run_id) -> HttpResponse:
     run = _get_run(run_id)
     first = request.GET.get("from", "")
     context = run_context(run, user=request.user, first_seq=int(first) if first.isdigit() else None)
+    context["shown"] = urlencode({
+        "controls": state_key(controls_state(context)), "steps": state_key(steps_state(context)),
+        **({"from": first} if first else {}),
+    })
     return render(request, "runs/detail.html", context)
 
 

@@ -186,11 +186,9 @@ def resolve_step(request: HttpRequest, run_id, seq: int) -> HttpResponse:
     reason = request.POST.get("reason", "").strip()
     result = None
     if decision == Resolution.HAPPENED:
-        text = request.POST.get("result", "").strip()
-        try:
-            result = json.loads(text)
-        except json.JSONDecodeError as error:
-            messages.error(request, f"The result is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); nothing was changed.")
+        result, problem = _json_of(request.POST.get("result", ""), "The result")
+        if problem:
+            messages.error(request, problem)
             return _back_to(request, run)
     try:
         services.resolve_step(run.id, seq, decision, actor=Actor.for_user(request.user), result=result, reason=reason)
@@ -281,11 +279,9 @@ def resolve_rollback(request: HttpRequest, run_id) -> HttpResponse:
     decision = request.POST.get("decision", "")
     result = None
     if decision == RollbackResolution.DONE:
-        text = request.POST.get("result", "").strip()
-        try:
-            result = json.loads(text)
-        except json.JSONDecodeError as error:
-            messages.error(request, f"The result is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); nothing was changed.")
+        result, problem = _json_of(request.POST.get("result", ""), "The result")
+        if problem:
+            messages.error(request, problem)
             return _back_to(request, run)
     try:
         services.resolve_rollback(run.id, decision, actor=Actor.for_user(request.user), reason=request.POST.get("reason", ""),
@@ -295,6 +291,14 @@ def resolve_rollback(request: HttpRequest, run_id) -> HttpResponse:
     else:
         messages.success(request, ROLLBACK_RESOLVED[decision])
     return _back_to(request, run)
+
+
+def _json_of(text, what):
+    """(value, None) for JSON text; (None, a message naming the line and column) otherwise."""
+    try:
+        return json.loads(text.strip()), None
+    except json.JSONDecodeError as error:
+        return None, f"{what} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); nothing was changed."
 
 
 def _back_to(request, run):
@@ -347,10 +351,9 @@ def fork_run(request: HttpRequest, run_id, seq: int) -> HttpResponse:
     text = request.POST.get("result", "").strip()
     result = services.NOT_EDITED
     if text:
-        try:
-            result = json.loads(text)
-        except json.JSONDecodeError as error:
-            messages.error(request, f"The edited result is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); nothing was changed.")
+        result, problem = _json_of(text, "The edited result")
+        if problem:
+            messages.error(request, problem)
             return _back_to(request, run)
     try:
         fork = services.fork_run(run.id, seq, actor=Actor.for_user(request.user), result=result,

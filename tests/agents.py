@@ -520,3 +520,25 @@ def t_forkable(ctx, request: Value) -> dict:
         "idem": ctx.tool("t_idem", value=receipt["receipt_id"]),
         "llm": ctx.llm("scripted", prompt=f"receipt {receipt['receipt_id']}"),
     }
+
+
+# A tool whose fields share names with the agent API's own parameters (issue 10, fault 3).
+
+
+class Awkward(BaseModel):
+    name: str
+    provider: str
+    self: int
+    kind: str
+
+
+@tool(effect="read")
+def t_awkward(args: Awkward) -> dict:
+    return args.model_dump()
+
+
+@agent("t_awkward_agent")
+def t_awkward_agent(ctx, request: Empty) -> dict:
+    echoed = ctx.tool("t_awkward", name="a", provider="b", self=3, kind="c")
+    answer = ctx.llm("scripted", provider="mine", name="x", prompt="hi")
+    return {"tool": echoed, "llm": answer["content"]}

@@ -467,3 +467,12 @@ def test_approved_arguments_that_no_longer_fit_fail_the_rerun_as_its_next_attemp
     assert [(r.attempt, r.phase, r.status) for r in rows(run, seq=1)] == [
         (1, "intent", ""), (1, "outcome", "abandoned"), (2, "outcome", "failed"),
     ]
+
+
+def test_a_tool_or_a_model_request_may_use_the_api_s_own_parameter_names():
+    """Fault found by a new user: a tool argument called `name` broke every run
+    (`Context.tool() got multiple values for argument 'name'`)."""
+    run = advance(start("t_awkward_agent", {}))
+
+    assert run.status == "succeeded", run.error
+    assert run.output["tool"] == {"name": "a", "provider": "b", "self": 3, "kind": "c"}

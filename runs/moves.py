@@ -28,6 +28,7 @@ from runs import live, queue, waits
 from runs.actors import SCHEDULER, Actor
 from runs.agents import get_agent
 from runs.models import FINISHED, Requested, Run, RunEvent, RunStatus, WaitKind
+from tools.models import Approval, ApprovalStatus
 
 S = RunStatus
 log = logging.getLogger(__name__)
@@ -261,6 +262,8 @@ def move(run_id, to, *, actor, reason="", epoch=None, expect=None, waiting_for=N
                 "sets_error": error is not _NO_VALUE, "error": _json(error),
             })
             run.finished_at, run.updated_at = cursor.fetchone()
+        if to in LEFT_FOR_GOOD:
+            _withdraw_requests(run, to, actor)
         _after_commit(run, before)
     return Moved(True, run, before, to)
 
@@ -300,6 +303,19 @@ def end_compensation(original_id, rollback_id):
     else:
         why = f"rollback {rollback_id} ended {rollback.status}: {(rollback.error or {}).get('message', '')}".rstrip(": ")
     return move(original_id, S.COMPENSATION_FAILED, actor=actor, expect={S.COMPENSATING}, reason=why)
+
+
+# A run that moves here will never make the calls its pending approval requests are for.
+LEFT_FOR_GOOD = FINISHED | {S.COMPENSATING}
+
+
+def _withdraw_requests(run, to, actor):
+    """Pending approval requests of a run that left for good are withdrawn, in the move's
+    transaction: the inbox no longer offers them, and a decision on one is refused."""
+    Approval.objects.filter(run_id=run.id, status=ApprovalStatus.PENDING).update(
+        status=ApprovalStatus.WITHDRAWN, decided_by=actor.label, decided_at=timezone.now(),
+        reason=f"withdrawn: the run was {RunStatus(to).label.lower()}",
+    )
 
 
 def _overrides(run, to):

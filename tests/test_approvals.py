@@ -265,3 +265,24 @@ def test_during_a_freeze_no_approval_is_requested(admin_user):
     assert (run.wait_kind, run.status_reason) == ("freeze", "frozen: maintenance")
     assert not Approval.objects.exists()
     lift_freeze(actor=Actor("user", "ada"))
+
+
+def test_a_request_is_withdrawn_when_its_run_is_cancelled_and_a_decision_is_refused(client, operator, admin_user):
+    """Fault found by a new user: cancelling a run that waited for approval left its request in
+    the inbox, and Approve then said the run would make the call, and audited an approval."""
+    from runs.services import cancel
+
+    run = guarded_run()
+    approval = Approval.objects.get(run=run)
+    cancel(run.id, actor=Actor.for_user(operator), reason="wrong card")
+
+    approval.refresh_from_db()
+    assert (approval.status, approval.decided_by, approval.reason) == (
+        "withdrawn", "user:otto", "withdrawn: the run was cancelled")
+    with pytest.raises(ApprovalError, match="this request was withdrawn: the run was cancelled; there is nothing left"):
+        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash)
+    client.force_login(admin_user)
+    inbox = client.get("/tools/approvals/")
+    assert inbox.context["pending"] == []
+    assert [a.status for a in inbox.context["decided"]] == ["withdrawn"]
+    assert not AuditEntry.objects.filter(action__startswith="approval_").exists()

@@ -93,6 +93,8 @@ def decide(approval_id, decision, *, actor, reason="", edited_args_text=None, sh
         raise ApprovalError("denying needs a reason: the agent receives it as the tool's error")
     with transaction.atomic():
         approval = Approval.objects.select_for_update().get(id=approval_id)
+        if approval.status == A.WITHDRAWN:
+            raise ApprovalError(f"this request was {approval.reason}; there is nothing left to approve or deny")
         if approval.status != A.PENDING:
             raise ApprovalError(f"this request was already {approval.status} by {approval.decided_by}; a decision is taken once")
         expired = Approval.objects.filter(id=approval.id, expires_at__lte=Now()).exists()

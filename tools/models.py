@@ -233,6 +233,8 @@ class ApprovalStatus(models.TextChoices):
     APPROVED = "approved", "approved"
     DENIED = "denied", "denied"
     EXPIRED = "expired", "expired"
+    # The run left for good (cancelled, failed, rolled back) before anyone decided.
+    WITHDRAWN = "withdrawn", "withdrawn"
 
 
 class Approval(models.Model):
@@ -254,7 +256,7 @@ class Approval(models.Model):
     # What would undo it: "TOOL", or empty for irreversible.
     compensation = models.CharField(max_length=200, blank=True, default="")
     started_by = models.CharField(max_length=200)
-    status = models.CharField(max_length=8, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING)
+    status = models.CharField(max_length=12, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING)
     requested_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()
     # "user:NAME", or "system:expiry" for a request that ran out of time.

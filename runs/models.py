@@ -6,6 +6,7 @@ what it waits for; journal and event rows can be
 inserted but never updated or deleted; a lease exists exactly while a run is running.
 """
 
+import re
 import uuid
 
 from django.contrib.postgres.indexes import GinIndex, OpClass
@@ -30,6 +31,7 @@ class RunStatus(models.TextChoices):
 
 
 S = RunStatus
+RUN_REFERENCE = re.compile(r"[0-9a-f-]{4,36}")
 # Statuses a run never leaves on its own. (Which moves are legal: runs.moves.TRANSITIONS.)
 FINISHED = {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.COMPENSATED, S.COMPENSATION_FAILED}
 
@@ -57,6 +59,19 @@ class RunQuerySet(models.QuerySet):
 
     def waiting_for(self, kind):
         return self.filter(status=S.WAITING, wait_kind=kind)
+
+    def by_reference(self, text):
+        """A run by its id, or by a prefix of it that only one run has (the pages show the first
+        eight characters). Run.DoesNotExist says what was wrong."""
+        text = text.strip().lower()
+        if not RUN_REFERENCE.fullmatch(text):
+            raise Run.DoesNotExist(f"{text!r} is not a run id, nor the start of one (4 to 36 of 0-9, a-f and -)")
+        found = list(self.annotate(text_id=Cast("id", models.TextField())).filter(text_id__startswith=text)[:2])
+        if not found:
+            raise Run.DoesNotExist(f"there is no run {text!r}")
+        if len(found) > 1:
+            raise Run.DoesNotExist(f"more than one run starts with {text!r}: give more of its id")
+        return found[0]
 
 
 class Run(models.Model):

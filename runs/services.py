@@ -74,7 +74,8 @@ def resolve_step(run_id, seq, resolution, *, actor, result=None, reason=""):
     with transaction.atomic():
         run = Run.objects.select_for_update().get(id=run_id)
         if run.status != S.NEEDS_ATTENTION:
-            raise ActionRefused(f"run {run_id} is {run.get_status_display().lower()}, not waiting for a decision")
+            why = f" ({run.status_reason})" if run.status_reason else ""
+            raise ActionRefused(f"run {run_id} is {run.get_status_display().lower()}{why}, not waiting for a decision on a step")
         intent = JournalEntry.in_doubt(run_id)
         if intent is None:
             raise ActionRefused(

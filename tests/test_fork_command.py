@@ -41,6 +41,6 @@ def test_a_refusal_is_a_command_error():
         call_command("fork_run", str(run.id), "9", "--reason", "why")
     with pytest.raises(CommandError, match="--result is not JSON"):
         call_command("fork_run", str(run.id), "1", "--reason", "why", "--result", "{nope")
-    with pytest.raises(CommandError, match="there is no run 'nope'"):
+    with pytest.raises(CommandError, match="'nope' is not a run id"):
         call_command("fork_run", "nope", "1", "--reason", "why")
     assert Run.objects.count() == 1 and not AuditEntry.objects.exists()

@@ -28,6 +28,10 @@ class Command(BaseCommand):
             except json.JSONDecodeError as error:
                 raise CommandError(f"--result is not JSON: {error}") from None
         try:
+            run_id = Run.objects.by_reference(run_id).id
+        except Run.DoesNotExist as error:
+            raise CommandError(str(error)) from None
+        try:
             fork = fork_run(run_id, seq, actor=CLI, result=edited, reason=reason)
         except (Run.DoesNotExist, ValidationError):
             raise CommandError(f"there is no run {run_id!r}") from None

@@ -33,6 +33,10 @@ class Command(BaseCommand):
         elif result is not None:
             raise CommandError(f"--result goes only with 'happened', not with {decision!r}")
         try:
+            run_id = Run.objects.by_reference(run_id).id
+        except Run.DoesNotExist as error:
+            raise CommandError(str(error)) from None
+        try:
             run = resolve_step(run_id, seq, decision, actor=CLI, result=result, reason=reason)
         except (Run.DoesNotExist, ValidationError):
             raise CommandError(f"there is no run {run_id!r}") from None

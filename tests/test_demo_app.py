@@ -90,6 +90,20 @@ def test_seed_demo_with_the_demo_off_makes_the_users_and_no_runs(transactional_d
     assert not Run.objects.exists()
 
 
+def test_seed_demo_with_your_own_agent_modules_makes_the_users_and_no_runs(transactional_db):
+    """Fault found by a new user: AGENT_MODULES set to their own module made `make up` crash in
+    seed_demo (UnknownAgent refund_customer), after it had reset the passwords."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", "seed_demo"], cwd=PROJECT_DIR, capture_output=True, text=True,
+        env=project_env(DEBUG="1", DEMO="1", AGENT_MODULES="tests.agents"),
+    )
+
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("The demo agents are not loaded (refund_batch, refund_customer): AGENT_MODULES")
+    assert not Run.objects.exists()
+
+
 def test_with_the_demo_on_a_command_that_needs_it_goes_on():
     result = run_python(["manage.py", "bench_journal", "--steps", "0"], DEMO="1")
 

@@ -13,6 +13,7 @@ from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand
 
 from runs.actors import Actor
+from runs.agents import AGENTS
 from runs.moves import start_run
 from runs.roles import ADMIN, OPERATOR, VIEWER
 
@@ -47,6 +48,13 @@ class Command(BaseCommand):
             self.stdout.write(f"  {username:<9} {password}   ({role})")
         if not apps.is_installed("tools.demo"):
             self.stdout.write("The demo is not loaded (DEMO is off): no demo runs.")
+            return
+        missing = sorted({agent for _, agent, _ in DEMO_RUNS} - set(AGENTS))
+        if missing:
+            self.stdout.write(
+                f"The demo agents are not loaded ({', '.join(missing)}): AGENT_MODULES names your own "
+                "modules, so no demo runs. Add tools.demo.agents to AGENT_MODULES to have them."
+            )
             return
         for key, agent, data in DEMO_RUNS:
             start_run(agent, data, started_by=Actor.system("demo"), idempotency_key=key)

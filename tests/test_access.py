@@ -110,3 +110,30 @@ def test_an_operator_action_without_csrf_is_refused(db, operator, path):
     client.force_login(operator)
 
     assert client.post(path, {"reason": "x", "decision": "fail"}).status_code == 403
+
+
+def test_a_refused_request_is_logged_in_one_line_without_a_traceback(client, viewer):
+    """Fault found by a new user: each 403 printed a traceback in the server's log."""
+    import io
+    import logging
+
+    from django.conf import settings
+
+    from runs.logs import RefusalsInOneLine
+    from runs.moves import start_run
+    from tests.agents import TEST
+
+    assert settings.LOGGING["handlers"]["console"]["filters"] == ["refusals_in_one_line"]
+    run = start_run("t_sleeper", {"seconds": 1}, started_by=TEST)
+    handler = logging.StreamHandler(io.StringIO())
+    handler.addFilter(RefusalsInOneLine())
+    logging.getLogger("django.request").addHandler(handler)
+    client.force_login(viewer)
+    try:
+        assert client.post(f"/runs/{run.id}/cancel/", {"reason": "forged"}).status_code == 403
+    finally:
+        logging.getLogger("django.request").removeHandler(handler)
+
+    logged = handler.stream.getvalue()
+    assert f"Forbidden (Permission denied): /runs/{run.id}/cancel/" in logged
+    assert "Traceback" not in logged and len(logged.strip().splitlines()) == 1

@@ -286,3 +286,20 @@ def test_a_request_is_withdrawn_when_its_run_is_cancelled_and_a_decision_is_refu
     assert inbox.context["pending"] == []
     assert [a.status for a in inbox.context["decided"]] == ["withdrawn"]
     assert not AuditEntry.objects.filter(action__startswith="approval_").exists()
+
+
+def test_the_demo_agent_adapts_to_a_denied_email(admin_user):
+    """Fault found by a new user: denying the demo's email failed the whole run after the refund
+    went out. The demo agent now finishes with the refund and a note, as agents may."""
+    run = start_run("refund_customer", {"order_id": "A-1001", "think_seconds": 0}, started_by=TEST)
+    advance_run(run.id)
+    approval = Approval.objects.get(run=run)
+    decide(approval.id, "deny", actor=Actor.for_user(admin_user), reason="the customer asked for no email",
+           shown_hash=approval.args_hash)
+
+    advance_run(run.id)
+    run = Run.objects.get(id=run.id)
+
+    assert run.status == "succeeded", run.error
+    assert run.output["email_id"] is None
+    assert run.output["note"] == "the email was not sent: denied by operator: the customer asked for no email"

@@ -442,3 +442,4 @@ def test_the_sweeper_ends_a_rollback_whose_end_was_lost():
     parent.refresh_from_db()
     assert parent.status == "compensated"
     assert parent.events.last().actor == f"run:{undo.id}"
+

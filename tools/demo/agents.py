@@ -11,6 +11,7 @@ from django.utils import timezone
 from pydantic import BaseModel, Field
 
 from runs.agents import agent
+from runs.recorder import ToolError
 from tools.demo.models import Refund, SentEmail
 from tools.registry import Compensation, tool
 
@@ -110,7 +111,9 @@ class RefundRequest(BaseModel):
 
 class RefundResult(BaseModel):
     refund_id: int
-    email_id: int
+    # None when an operator denied the email: the refund stands, and the note says why.
+    email_id: int | None
+    note: str = ""
 
 
 @agent("refund_customer")
@@ -118,14 +121,20 @@ def refund_customer(ctx, request: RefundRequest) -> RefundResult:
     order = ctx.tool("lookup_order", order_id=request.order_id)
     ctx.sleep(request.think_seconds)
     refund = ctx.tool("issue_refund", order_id=order["id"], amount_cents=order["total_cents"])
-    email = ctx.tool(
-        "send_email",
-        to=order["email"],
-        subject=f"Your refund for order {order['id']}",
-        body=f"We refunded {order['total_cents'] / 100:.2f} for your {order['item']}.",
-    )
+    try:
+        email = ctx.tool(
+            "send_email",
+            to=order["email"],
+            subject=f"Your refund for order {order['id']}",
+            body=f"We refunded {order['total_cents'] / 100:.2f} for your {order['item']}.",
+        )
+    except ToolError as error:
+        if error.type != "denied":
+            raise
+        # An operator said no to the email: the refund stands, the customer is not written to.
+        email = {"email_id": None, "note": f"the email was not sent: {error.message}"}
     ctx.tool("close_ticket", order_id=order["id"])
-    return RefundResult(refund_id=refund["refund_id"], email_id=email["email_id"])
+    return RefundResult(refund_id=refund["refund_id"], email_id=email["email_id"], note=email.get("note", ""))
 
 
 class BatchRequest(BaseModel):

@@ -71,3 +71,36 @@ def test_it_refuses_a_port_in_use(transactional_db):
 
     assert result.returncode == 1
     assert f"port {port} on 127.0.0.1 is in use" in result.stderr
+
+
+def test_what_a_child_left_behind_is_stopped_with_it(transactional_db):
+    """Seen on a loaded machine: a worker that stopped while RQ forked its scheduler left the
+    scheduler running, holding serve's output open, so serve's caller never saw it end. Here the
+    worker dies abruptly (SIGKILL) and leaves its scheduler behind: serve, which stops on a dead
+    child, must stop that too."""
+    import os
+    import time
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port)],
+        cwd=PROJECT_DIR, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for_port(port, process)
+        worker = next(pid for pid in children_of(process.pid)
+                      if b"--with-scheduler" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        deadline = time.monotonic() + 30
+        while not children_of(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        scheduler = children_of(worker)[0]
+
+        os.kill(worker, signal.SIGKILL)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    assert process.returncode == 1, output
+    assert "exited with status" in output
+    assert not is_running(scheduler)

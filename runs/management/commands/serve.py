@@ -6,6 +6,8 @@ without by default) and the sweeper, which hands back the runs of dead workers. 
 if any of them dies on its own, the others are stopped too and the command fails.
 """
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -86,3 +88,11 @@ class Command(BaseCommand):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        # What a child started and left behind dies with it: each child leads a process group
+        # of its own. (A worker stopped while RQ was forking its scheduler leaves the new
+        # scheduler running, holding our output open: seen on a loaded machine.)
+        for process in processes.values():
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

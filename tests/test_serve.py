@@ -86,6 +86,7 @@ def test_what_a_child_left_behind_is_stopped_with_it(transactional_db):
         [sys.executable, "manage.py", "serve", "--port", str(port)],
         cwd=PROJECT_DIR, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    started = []
     try:
         wait_for_port(port, process)
         worker = next(pid for pid in children_of(process.pid)
@@ -95,11 +96,17 @@ def test_what_a_child_left_behind_is_stopped_with_it(transactional_db):
             time.sleep(0.1)
         scheduler = children_of(worker)[0]
 
+        started = children_of(process.pid)
         os.kill(worker, signal.SIGKILL)
         output, _ = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
+            for pid in started:  # each in its own session: gone with serve only if it stops them
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     assert process.returncode == 1, output
     assert "exited with status" in output

@@ -235,7 +235,7 @@ def rollback_page(request: HttpRequest, run_id) -> HttpResponse:
         refused = "the run is stopping at its next step boundary; this page shows its plan once it has stopped"
     return render(request, "runs/rollback.html", {
         "run": run, "plan": plan, "refused": refused, "after_seq": after_seq,
-        "freeze_reason": _freeze_reason(run.agent),
+        "freeze_reason": FreezeState.reason_now(run.agent),
         "may_override_freeze": request.user.has_perm("tools.freeze_writes"),
     })
 
@@ -254,11 +254,6 @@ def _cancel_to_roll_back(request, run):
     messages.success(request, "Cancelled to roll it back: the plan below is what would be undone.")
     url = reverse("runs:rollback", args=[run.id])
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
-
-
-def _freeze_reason(agent):
-    state = FreezeState.objects.filter(id=1).first()
-    return state.reason_for(agent) if state else ""
 
 
 def rollback_stopped(run):

@@ -98,7 +98,7 @@ def _due_approvals():
 
 def _due_freezes():
     # The freeze's rule is FreezeState.reason_for; the query only narrows to the waiting runs.
-    state = FreezeState.objects.filter(id=1).first()
+    state = FreezeState.current()
     if state is None:
         return Run.objects.none()
     waiting = Run.objects.waiting_for(WaitKind.FREEZE).values_list("id", "agent")

@@ -14,7 +14,7 @@ def freeze(request):
     """What is frozen now, for the banner every page shows while a freeze holds."""
     if not getattr(request, "user", None) or not request.user.is_authenticated:
         return {}
-    state = FreezeState.objects.filter(id=1).first()
+    state = FreezeState.current()
     if state is None or not (state.global_reason or state.agents):
         return {"freeze": None}
     return {"freeze": {"global_reason": state.global_reason, "agents": sorted(state.agents.items())}}

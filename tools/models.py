@@ -197,6 +197,18 @@ class FreezeState(models.Model):
     def reason_for(self, agent):
         return self.global_reason or self.agents.get(agent, "")
 
+    @classmethod
+    def current(cls):
+        """The one row, or None where it is missing (the write statement then refuses every
+        intent, and says to migrate)."""
+        return cls.objects.filter(id=1).first()
+
+    @classmethod
+    def reason_now(cls, agent):
+        """Why a freeze covers `agent` now; empty when none does."""
+        state = cls.current()
+        return state.reason_for(agent) if state else ""
+
 
 class Freeze(models.Model):
     """The record of freezes: who set each one, why, when, and who lifted it."""

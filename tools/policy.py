@@ -91,9 +91,7 @@ class Policy:
 
     def frozen_reason(self):
         if self._frozen is None:
-            state = FreezeState.objects.filter(id=1).first()
-            # Without the state row, the write statement refuses every intent and says why.
-            self._frozen = state.reason_for(self.agent) if state else ""
+            self._frozen = FreezeState.reason_now(self.agent)
         return self._frozen
 
     def _approval(self, spec, seq, args, args_hash):

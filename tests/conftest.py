@@ -187,6 +187,13 @@ def workers(transactional_db, tmp_path):
     empty_run_queue()
 
 
+def messages_of(response):
+    """The messages a view added, as text (the Django messages framework)."""
+    from django.contrib.messages import get_messages
+
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
 def wait_for(condition, timeout=30, what="the condition"):
     """Poll until condition() is true; fail naming what did not happen."""
     deadline = time.monotonic() + timeout

@@ -1,7 +1,8 @@
 """Fork from a step through the run page: the control, the POST, the links between the runs."""
 
 import pytest
-from django.contrib.messages import get_messages
+
+from tests.conftest import messages_of
 from django.template.loader import render_to_string
 
 from runs.engine import advance_run
@@ -11,10 +12,6 @@ from runs.views import run_context
 from tests.agents import TEST
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def messages_of(response):
-    return [str(message) for message in get_messages(response.wsgi_request)]
 
 
 def finished_run():

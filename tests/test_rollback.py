@@ -13,6 +13,7 @@ from runs.moves import start_run
 from runs.rollback import plan_for
 from runs.services import ActionRefused, resolve_rollback, roll_back, rollback_plan
 from runs.sweeper import sweep
+from tests.conftest import messages_of
 from tests.agents import CALLS, CRASH, KEYS, REVERSED, TEST, Crash, Value
 from tools.models import Rule, Tool, ToolPermission
 
@@ -279,10 +280,6 @@ def test_on_failure_takes_only_what_it_knows():
 
 
 # The pages --------------------------------------------------------------------------------
-
-
-def messages_of(response):
-    return [str(m) for m in response.context["messages"]] if response.context else []
 
 
 def test_the_run_page_says_what_can_be_undone_and_leads_to_the_plan(client, operator):

@@ -1,7 +1,8 @@
 """The run pages' actions through the test client: permissions, refusals, audit."""
 
 import pytest
-from django.contrib.messages import get_messages
+
+from tests.conftest import messages_of
 
 from runs.actors import Actor
 from runs.engine import advance_run
@@ -11,10 +12,6 @@ from runs.models import AuditEntry, Run
 from tests.agents import CRASH, Crash
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def messages_of(response):
-    return [str(message) for message in get_messages(response.wsgi_request)]
 
 
 def waiting_run():

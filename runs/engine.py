@@ -146,7 +146,7 @@ class Ending:
         with transaction.atomic():
             moved = self.move(S.FAILED, error=error)
             declared = AGENTS.get(self.agent)
-            if moved.done and moved.after == S.FAILED and declared and declared.on_failure == "rollback":
+            if moved.done and declared and declared.on_failure == "rollback":
                 rollback.roll_back_on_failure(self.lease.run_id)
         return moved
 

@@ -133,7 +133,7 @@ def roll_back(run_id, *, actor, reason, shown_digest, acknowledged=(), after_seq
         raise ActionRefused("only an admin who may set and lift freezes may let a rollback run during a freeze")
     with transaction.atomic():
         run = Run.objects.select_for_update().get(id=run_id)
-        plan = _plan_to_roll_back(run, after_seq)
+        plan = rollback_plan(run, after_seq)
         if plan.digest != shown_digest:
             raise ActionRefused("the plan changed since it was shown (a step completed or was resolved); look at it again")
         missing = [step for step in plan.irreversible if step.key not in set(acknowledged)]
@@ -154,11 +154,8 @@ def roll_back(run_id, *, actor, reason, shown_digest, acknowledged=(), after_seq
 
 
 def rollback_plan(run, after_seq=None):
-    """The plan the rollback page shows; ActionRefused says why there is none to confirm."""
-    return _plan_to_roll_back(run, after_seq)
-
-
-def _plan_to_roll_back(run, after_seq):
+    """The plan the rollback page shows and a confirmation is checked against; ActionRefused
+    says why there is none to confirm."""
     if run.rollback_of_id:
         raise ActionRefused("this run is itself a rollback and cannot be rolled back; resolve its steps instead")
     if run.status == S.COMPENSATING:

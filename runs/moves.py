@@ -28,7 +28,6 @@ from runs import live, queue, waits
 from runs.actors import SCHEDULER, Actor
 from runs.agents import get_agent
 from runs.models import FINISHED, Requested, Run, RunEvent, RunStatus, WaitKind
-from tools.models import Approval, ApprovalStatus
 
 S = RunStatus
 log = logging.getLogger(__name__)
@@ -213,6 +212,11 @@ WITH moved AS (
 ), event AS (
     INSERT INTO runs_runevent (run_id, at, kind, from_status, to_status, actor, reason)
     SELECT %(run)s, now(), 'transition', %(before)s, %(to)s, %(actor)s, %(reason)s FROM moved
+), withdrawn AS (
+    -- A run that left for good will never make the calls its pending requests are for.
+    UPDATE tools_approval SET status = 'withdrawn', decided_by = %(actor)s, decided_at = now(),
+        reason = %(withdrawn)s
+    WHERE run_id = %(run)s AND status = 'pending' AND %(left_for_good)s
 )
 SELECT finished_at, updated_at FROM moved
 """
@@ -260,10 +264,10 @@ def move(run_id, to, *, actor, reason="", epoch=None, expect=None, waiting_for=N
                 "shown_reason": run.status_reason, "finishes": to in FINISHED,
                 "sets_output": output is not _NO_VALUE, "output": _json(output),
                 "sets_error": error is not _NO_VALUE, "error": _json(error),
+                "left_for_good": to in LEFT_FOR_GOOD,
+                "withdrawn": f"withdrawn: the run was {RunStatus(to).label.lower()}",
             })
             run.finished_at, run.updated_at = cursor.fetchone()
-        if to in LEFT_FOR_GOOD:
-            _withdraw_requests(run, to, actor)
         _after_commit(run, before)
     return Moved(True, run, before, to)
 
@@ -305,17 +309,10 @@ def end_compensation(original_id, rollback_id):
     return move(original_id, S.COMPENSATION_FAILED, actor=actor, expect={S.COMPENSATING}, reason=why)
 
 
-# A run that moves here will never make the calls its pending approval requests are for.
+# A run that moves here will never make the calls its pending approval requests are for:
+# MOVE_SQL withdraws them in the same statement (the inbox no longer offers them, and a
+# decision on one is refused).
 LEFT_FOR_GOOD = FINISHED | {S.COMPENSATING}
-
-
-def _withdraw_requests(run, to, actor):
-    """Pending approval requests of a run that left for good are withdrawn, in the move's
-    transaction: the inbox no longer offers them, and a decision on one is refused."""
-    Approval.objects.filter(run_id=run.id, status=ApprovalStatus.PENDING).update(
-        status=ApprovalStatus.WITHDRAWN, decided_by=actor.label, decided_at=timezone.now(),
-        reason=f"withdrawn: the run was {RunStatus(to).label.lower()}",
-    )
 
 
 def _overrides(run, to):

@@ -15,7 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 
 
 # The built-in agent that runs a rollback's compensations (runs/rollback.py). Its runs call only
-# what an operator confirmed, so the policy asks no second approval of them.
+# what an operator confirmed; the confirmation records an approved request per compensation.
 ROLLBACK_AGENT = "rollback"
 
 

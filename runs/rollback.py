@@ -19,13 +19,15 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
+from django.utils import timezone
 from pydantic import BaseModel
 
 from runs import moves
 from runs.actors import Actor
 from runs.agents import ROLLBACK_AGENT, agent
 from runs.models import JournalEntry, Run, RunStatus
-from runs.recorder import ToolError
+from runs.recorder import ToolError, canonical_json, hash_json
+from tools.models import Approval, ApprovalStatus
 from tools.registry import TOOLS, WRITING_EFFECTS, ContractViolation, redact
 
 S = RunStatus
@@ -215,8 +217,28 @@ def begin(run, plan, *, actor, reason, during_freeze=False):
     """The run becomes compensating and a rollback run starts with the plan, frozen. Called in
     the caller's transaction (the operator's confirmation, or the run's failing move)."""
     moves.move(run.id, S.COMPENSATING, actor=actor, reason=f"rolling back: {reason}")
-    return moves.start_run(ROLLBACK_AGENT, rollback_input(run, plan), started_by=actor, rollback_of_id=run.id,
-                           during_freeze=during_freeze)
+    data = rollback_input(run, plan)
+    undo_run = moves.start_run(ROLLBACK_AGENT, data, started_by=actor, rollback_of_id=run.id,
+                               during_freeze=during_freeze)
+    _approve_as_confirmed(undo_run, data["compensations"], actor)
+    return undo_run
+
+
+def _approve_as_confirmed(undo_run, compensations, actor):
+    """The confirmation of a plan is the approval of each compensation in it: one approved
+    request per step of the rollback run (step N calls the plan's Nth compensation), so the
+    policy's approval rule finds its answer and asks nobody again."""
+    now = timezone.now()
+    Approval.objects.bulk_create([
+        Approval(
+            run=undo_run, seq=seq, tool=step["compensation"], agent=ROLLBACK_AGENT,
+            effect=TOOLS[step["compensation"]].effect, args=redact(step["compensation"], step["args"]),
+            private_args=step["args"], args_hash=hash_json(canonical_json(step["args"])),
+            started_by=actor.label, status=ApprovalStatus.APPROVED, expires_at=now,
+            decided_by=actor.label, decided_at=now, reason="approved by confirming the rollback plan",
+        )
+        for seq, step in enumerate(compensations, start=1)
+    ])
 
 
 def roll_back_on_failure(run_id):
@@ -273,7 +295,9 @@ def go_on(run, stopped, *, retry, resolved, actor, reason):
     moved = moves.move(run.id, S.COMPENSATING, actor=actor, expect={S.COMPENSATION_FAILED},
                        reason=f"rolling back the rest: {reason}")
     data = {"rollback_of": str(run.id), "compensations": remaining, "resolved": record}
-    return moved, moves.start_run(ROLLBACK_AGENT, data, started_by=actor, rollback_of_id=run.id)
+    undo_run = moves.start_run(ROLLBACK_AGENT, data, started_by=actor, rollback_of_id=run.id)
+    _approve_as_confirmed(undo_run, remaining, actor)
+    return moved, undo_run
 
 
 def rollback_input(run, plan):

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
-from runs.agents import ROLLBACK_AGENT
 from runs.waits import WaitFor
 from tools import approvals
 from tools.models import ApprovalStatus, FreezeState, Rule, Tool, ToolPermission
@@ -78,9 +77,8 @@ class Policy:
                 f"({permission.source}); this was call {call_number}",
                 fails_run=True,
             )
-        if permission.rule == Rule.REQUIRE_APPROVAL and self.agent != ROLLBACK_AGENT:
+        if permission.rule == Rule.REQUIRE_APPROVAL:
             return self._approval(spec, seq, args, args_hash)
-        # A rollback's compensations were approved when the operator confirmed its plan.
         return Go(args)
 
     def rerun(self, spec, seq, args):

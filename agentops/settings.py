@@ -237,6 +237,13 @@ RUN_LEASE_SECONDS = envint("RUN_LEASE_SECONDS", 30)
 if RUN_LEASE_SECONDS < 1:
     raise ImproperlyConfigured(f"RUN_LEASE_SECONDS={RUN_LEASE_SECONDS} must be at least 1")
 # How often the sweeper looks for expired leases and overdue wake-ups.
+# A run whose lease lapses this many times in a row without a step finishing (its worker died
+# at the same place each time: a crash, an out-of-memory kill) needs attention instead of
+# being handed on again (runs.sweeper).
+RUN_LOST_LEASES_LIMIT = envint("RUN_LOST_LEASES_LIMIT", 3)
+if RUN_LOST_LEASES_LIMIT < 1:
+    raise ImproperlyConfigured(f"RUN_LOST_LEASES_LIMIT={RUN_LOST_LEASES_LIMIT} must be at least 1")
+
 SWEEP_INTERVAL_SECONDS = envint("SWEEP_INTERVAL_SECONDS", 5)
 if SWEEP_INTERVAL_SECONDS < 1:
     raise ImproperlyConfigured(f"SWEEP_INTERVAL_SECONDS={SWEEP_INTERVAL_SECONDS} must be at least 1")

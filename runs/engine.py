@@ -26,7 +26,8 @@ from runs.recorder import (
     CancelRequested, FailRun, Fenced, JournalUnavailable, NeedsAttention, PauseRequested, Recorder,
     ToolError, Wait, load_journal,
 )
-from runs.workers import end_of_job
+from runs.storable import unstorable, visible
+from runs.workers import end_of_job, stopping
 
 S = RunStatus
 log = logging.getLogger(__name__)
@@ -100,6 +101,9 @@ def execute(lease):
         agent = get_agent(lease.agent)
         value = agent.fn(Context(recorder), agent.parse_input(lease.input))
         output = agent.dump_output(value)
+        if unstorable(output):
+            raise FailRun({"type": "unstorable", "message": "the agent's output cannot be stored: "
+                           f"it holds {unstorable(output)}"})
     except Wait as wait:
         moved = end.suspend(wait.wait)
     except (PauseRequested, CancelRequested):
@@ -115,6 +119,14 @@ def execute(lease):
         # The run stays as it is; its lease expires and the sweeper hands it on.
         log.error("run %s stopped: %s", lease.run_id, error)
         return "stopped"
+    except (SystemExit, KeyboardInterrupt, GeneratorExit, BaseExceptionGroup) as error:
+        if stopping():
+            raise  # the worker itself is being stopped (RQ's cold shutdown): the lease lapses
+        # An agent may not stop its worker: left to rise, these would end the job with the run
+        # still running, to be claimed, and to raise, again at every lease.
+        log.warning("run %s failed: its agent raised %r", lease.run_id, error)
+        moved = end.fail(visible({"type": type(error).__name__,
+                                  "message": f"the agent raised {type(error).__name__}({error})"}))
     except Exception as error:
         expected = isinstance(error, (ToolError, InvalidInput))
         log.info("run %s failed: %s", lease.run_id, error, exc_info=not expected)
@@ -122,7 +134,7 @@ def execute(lease):
             failure = {"type": error.type, "message": error.message}
         else:
             failure = {"type": type(error).__name__, "message": str(error)}
-        moved = end.fail(failure)
+        moved = end.fail(visible(failure))
     else:
         moved = end.move(S.SUCCEEDED, output=output)
     return moved.status if moved.done else "fenced"

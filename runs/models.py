@@ -117,6 +117,10 @@ class Run(models.Model):
     lease_owner = models.CharField(max_length=200, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     lease_epoch = models.BigIntegerField(default=0)
+    # Poison-run guard (runs.sweeper): leases that lapsed in a row without a step finishing in
+    # between, and how many steps had finished when the last one lapsed.
+    lost_leases = models.PositiveIntegerField(default=0)
+    finished_steps_at_loss = models.PositiveIntegerField(default=0)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

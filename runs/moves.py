@@ -28,6 +28,7 @@ from runs import live, queue, waits
 from runs.actors import SCHEDULER, Actor
 from runs.agents import get_agent
 from runs.models import FINISHED, Requested, Run, RunEvent, RunStatus, WaitKind
+from runs.storable import visible
 
 S = RunStatus
 log = logging.getLogger(__name__)
@@ -252,6 +253,10 @@ def move(run_id, to, *, actor, reason="", epoch=None, expect=None, waiting_for=N
         else:
             run.wait_kind, run.wait_ref, run.wake_at = "", "", None
         run.status, run.lease_owner, run.lease_expires_at, run.requested = to, "", None, Requested.NOTHING
+        # Text for people may quote what a tool or agent said, NUL characters included.
+        reason = visible(reason)
+        if error is not _NO_VALUE:
+            error = visible(error)
         run.status_reason = reason if to in EXPLAINED else ""
         if output is not _NO_VALUE:
             run.output = output

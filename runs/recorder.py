@@ -50,6 +50,7 @@ from pydantic_core import to_jsonable_python
 
 from runs import live
 from runs.models import JournalEntry
+from runs.storable import unstorable, visible
 from runs.waits import WaitFor
 from tools.policy import Go, Hold, Mismatch, Policy, Refuse
 from tools.registry import TOOLS, ContractViolation, Reconciled
@@ -289,6 +290,19 @@ def _json_or_null(value):
     return None if value is None else canonical_json(value)
 
 
+def _suspect(text):
+    # What Postgres refuses shows in the JSON text as one of these (a cheap look on every
+    # write; runs.storable then looks properly).
+    return "\\u0000" in text or "NaN" in text or "Infinity" in text
+
+
+def _storable_json(value, text):
+    """The JSON text to store for a value shown to people (arguments, errors)."""
+    if text is None or not _suspect(text):
+        return text
+    return canonical_json(visible(value))
+
+
 # The Recorder ----------------------------------------------------------------------------------
 
 
@@ -435,10 +449,11 @@ class Recorder:
         try:
             result = as_json(step.call(self._key()))
         except ContractViolation as error:
-            self._write(step, attempt, OUTCOME, status=FAILED, error={"type": "contract", "message": str(error)})
-            raise ToolError("contract", str(error)) from None
+            message = visible(str(error))
+            self._write(step, attempt, OUTCOME, status=FAILED, error={"type": "contract", "message": message})
+            raise ToolError("contract", message) from None
         except Exception as error:
-            failure = {"type": type(error).__name__, "message": str(error)}
+            failure = visible({"type": type(error).__name__, "message": str(error)})
             self._write(step, attempt, OUTCOME, status=FAILED, error=failure)
             raise ToolError(failure["type"], failure["message"]) from error
         self._write(step, attempt, OUTCOME, status=SUCCEEDED, result=result)
@@ -448,19 +463,30 @@ class Recorder:
         return f"{self.run_id}:{self.seq}"
 
     def _write(self, step, attempt, phase, *, status="", result=None, error=None, actor_note=""):
+        """Write one row under the lease (WRITE_SQL). A result the journal cannot store
+        (runs/storable.py) is written as the step's failure instead, and the agent gets it as a
+        ToolError: recorded once, so no later worker calls the tool again."""
         lease = self.lease
         if phase == INTENT:
-            stored_args = step.args_json if step.stored_args is None else canonical_json(step.stored_args)
+            args = step.args if step.stored_args is None else step.stored_args
+            stored_args = _storable_json(args, step.args_json if step.stored_args is None else canonical_json(args))
         else:
             # An outcome repeats the arguments only where no intent holds them.
-            stored_args = None if step.writes_intent else step.args_json
+            stored_args = None if step.writes_intent else _storable_json(step.args, step.args_json)
+        result_json = _json_or_null(result)
+        refused = None
+        if result_json is not None and _suspect(result_json) and unstorable(result):
+            label = f"{step.kind} {step.name!r}" if step.name else step.kind
+            refused = ToolError("unstorable", f"the result of {label} at step {self.seq} cannot be "
+                                f"stored in the journal: it holds {unstorable(result)}")
+            status, result_json, error = FAILED, None, {"type": refused.type, "message": refused.message}
         inserted, holds_lease, requested, frozen = _run_write_sql(
             {
                 "run": lease.run_id, "seq": self.seq, "attempt": attempt, "phase": phase,
                 "kind": step.kind, "name": step.name, "effect": step.effect,
                 "args": stored_args, "args_hash": step.args_hash,
                 "key": self._key() if step.is_tool else "",
-                "status": status, "result": _json_or_null(result), "error": _json_or_null(error),
+                "status": status, "result": result_json, "error": _storable_json(error, _json_or_null(error)),
                 "actor": f"worker:{lease.owner}" + (f" ({actor_note})" if actor_note else ""),
                 "epoch": lease.epoch, "owner": lease.owner,
                 "locks_freeze": phase == INTENT and step.guarded and step.writes_intent,
@@ -480,6 +506,8 @@ class Recorder:
             # Nothing was written: the step starts afresh when the freeze lifts.
             raise Wait(WaitFor.freeze(frozen))
         assert inserted, "the journal row was neither written nor refused"
+        if refused:
+            raise refused
 
     # A step with its own rules: the sleep's intent carries its deadline.
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from runs import moves, queue
 from runs.actors import SWEEPER
-from runs.models import FINISHED, Run, RunStatus, WaitKind
+from runs.models import FINISHED, JournalEntry, Run, RunStatus, WaitKind
 from tools.approvals import expire_overdue
 
 S = RunStatus
@@ -58,14 +58,41 @@ def _part(fn, *args, **kwargs):
 
 
 def hand_back_expired_leases():
+    """Runs whose worker died go back to the queue; one whose workers keep dying without
+    finishing a step (a poison run) goes to a person instead, after RUN_LOST_LEASES_LIMIT."""
     handed_back = 0
-    for run_id, epoch, owner in Run.objects.lease_expired().values_list("id", "lease_epoch", "lease_owner"):
+    expired = Run.objects.lease_expired().values_list(
+        "id", "lease_epoch", "lease_owner", "lost_leases", "finished_steps_at_loss"
+    )
+    for run_id, epoch, owner, lost_before, finished_before in expired:
+        finished = JournalEntry.objects.filter(run_id=run_id, phase=JournalEntry.Phase.OUTCOME).count()
+        lost = lost_before + 1 if finished == finished_before else 1
         lapsed = dict(actor=SWEEPER, epoch=epoch, lease_expired=True)
-        moved = moves.move(run_id, S.QUEUED, reason=f"the lease of worker {owner} expired", **lapsed)
-        if moved.pending:
-            moved = moves.honour_request(run_id, about_to="go back to the queue", **lapsed)
+        with transaction.atomic():
+            if lost >= settings.RUN_LOST_LEASES_LIMIT:
+                # A person's resume starts the count afresh.
+                moved = moves.move(run_id, S.NEEDS_ATTENTION, reason=_poison_reason(run_id, lost, finished), **lapsed)
+                lost = 0
+            else:
+                moved = moves.move(run_id, S.QUEUED, reason=f"the lease of worker {owner} expired", **lapsed)
+            if moved.pending:
+                moved = moves.honour_request(run_id, about_to="go back to the queue", **lapsed)
+            if moved.done:
+                Run.objects.filter(id=run_id).update(lost_leases=lost, finished_steps_at_loss=finished)
         handed_back += moved.done
     return handed_back
+
+
+def _poison_reason(run_id, lost, finished):
+    last = JournalEntry.objects.filter(run_id=run_id).order_by("-seq", "-attempt", "-id").first()
+    if last is not None and last.phase == JournalEntry.Phase.INTENT:
+        where = f"step {last.seq} ({last.effect or last.kind} {last.name!r}, recorded as started)"
+    else:
+        where = f"step {last.seq + 1 if last else 1}, before it recorded anything"
+    return (
+        f"its worker stopped {lost} times in a row without finishing a step, each time at {where}. "
+        "The worker's log shows why (a crash, or memory). Resume to try again, or cancel the run."
+    )
 
 
 def end_lost_compensations():

@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 # connections open for the next one. False everywhere else (a forked work horse, which exits
 # after the job; a command or test that calls advance_run itself).
 _process_outlives_jobs = False
+# True once RQ's cold shutdown began in this process (a second Ctrl-C or SIGTERM): the
+# SystemExit it raises inside a job is the worker stopping, not the agent failing.
+_stopping = False
+
+
+def stopping():
+    return _stopping
 
 
 def end_of_job():
@@ -55,6 +62,14 @@ class ReusingWorker(SimpleWorker):
         global _process_outlives_jobs
         _process_outlives_jobs = True
         super().execute_job(job, queue)
+
+    def request_force_stop(self, signum, frame):
+        global _stopping
+        try:
+            super().request_force_stop(signum, frame)  # raises SystemExit, unless it ignores the signal
+        except SystemExit:
+            _stopping = True
+            raise
 
     def perform_job(self, job, queue):
         close_old_connections()

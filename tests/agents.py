@@ -542,3 +542,46 @@ def t_awkward_agent(ctx, request: Empty) -> dict:
     echoed = ctx.tool("t_awkward", name="a", provider="b", self=3, kind="c")
     answer = ctx.llm("scripted", provider="mine", name="x", prompt="hi")
     return {"tool": echoed, "llm": answer["content"]}
+
+
+# Poison: values the journal cannot store, and agents that raise what is not an Exception
+# (issue 11, "never loop"). Each counts its calls in LedgerCall, so tests with real workers see
+# how often the tool's far side was reached.
+
+
+class Poison(BaseModel):
+    where: str  # "read", "write", "output", "error", "exit", "interrupt", "kill"
+
+
+def _ledger(tool, key=""):
+    LedgerCall.objects.create(key=key or f"{tool}:{time.time_ns()}", tool=tool, executed=True, amount=1)
+
+
+@tool(effect="read")
+def p_read(args: Poison) -> dict:
+    _ledger("p_read")
+    if args.where == "error":
+        raise ValueError("bad byte \x00 in the reply")
+    if args.where == "kill":
+        os.kill(os.getpid(), 9)  # the worker dies here, every time
+    return {"text": "nul \x00 inside" if args.where == "read" else "clean"}
+
+
+@tool(effect="write", idempotent=True, compensation=UNDO)
+def p_write(args: Poison, *, idempotency_key: str) -> dict:
+    _ledger("p_write", idempotency_key)
+    return {"receipt": "\x00"}
+
+
+@agent("p_poison")
+def p_poison(ctx, request: Poison) -> dict:
+    first = ctx.tool("p_read", where=request.where)
+    if request.where == "write":
+        ctx.tool("p_write", where=request.where)
+    if request.where == "output":
+        return {"text": "out \x00 put"}
+    if request.where == "exit":
+        raise SystemExit(3)
+    if request.where == "interrupt":
+        raise KeyboardInterrupt()
+    return first

@@ -5,6 +5,7 @@ between the look and the move wins, and a second pass finds nothing more to do.
 """
 
 import logging
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
@@ -19,10 +20,11 @@ from tools.approvals import expire_overdue
 
 S = RunStatus
 log = logging.getLogger(__name__)
-# A queued run untouched for this many leases is enqueued again: its job may have been lost
-# (taken by a worker that died before it claimed the run, or lost with Redis). A second job for
-# a run is harmless: only one claim succeeds.
-REQUEUE_AFTER_LEASES = 10
+# A queued run this old with no job waiting for it in the queue is enqueued again: its job was
+# lost (with Redis, or taken by a worker that failed before it claimed the run: a database that
+# was away, a kill). The seconds leave time for a job on its way (enqueued after the commit, or
+# just taken by a worker). A second job for a run is harmless: only one claim succeeds.
+REQUEUE_AFTER_SECONDS = 3
 
 
 # One sweeper query per kind of wait (runs.waits.due), and what the run's history says of it.
@@ -106,8 +108,19 @@ def end_lost_compensations():
 
 
 def requeue_lost_jobs():
-    stale = timezone.now() - timedelta(seconds=REQUEUE_AFTER_LEASES * settings.RUN_LEASE_SECONDS)
-    for run_id in Run.objects.filter(status=S.QUEUED, updated_at__lt=stale).values_list("id", flat=True):
+    """Queued runs whose job is gone start within a pass or two of Redis and Postgres being
+    back, however the job was lost. Returns how many were enqueued again."""
+    stale = timezone.now() - timedelta(seconds=REQUEUE_AFTER_SECONDS)
+    queued = set(Run.objects.filter(status=S.QUEUED, updated_at__lt=stale).values_list("id", flat=True))
+    if not queued:
+        return 0
+    lost = queued - {uuid.UUID(run_id) for run_id in queue.runs_with_waiting_jobs()}
+    requeued = 0
+    for run_id in lost:
         with transaction.atomic():
             if Run.objects.filter(id=run_id, status=S.QUEUED, updated_at__lt=stale).update(updated_at=timezone.now()):
                 queue.enqueue_advance(run_id)
+                requeued += 1
+    if requeued:
+        log.info("enqueued again %d queued run(s) whose job was lost", requeued)
+    return requeued

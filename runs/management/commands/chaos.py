@@ -84,7 +84,11 @@ class Command(BaseCommand):
         fork = settings.WORKER_FORK if fork is None else fork
         database = use_scratch_database("chaos")
         settings.RUN_LEASE_SECONDS = lease
-        env = project_env(RUN_LEASE_SECONDS=str(lease))
+        # Killing workers every second or so is this command's point: a run may lose several
+        # leases in a row before it finishes a step. The poison-run guard (RUN_LOST_LEASES_LIMIT,
+        # tests/test_poison.py) would park it; here the journal is what is measured.
+        settings.RUN_LOST_LEASES_LIMIT = 1000
+        env = project_env(RUN_LEASE_SECONDS=str(lease), RUN_LOST_LEASES_LIMIT="1000")
         log_dir = Path(tempfile.mkdtemp(prefix="agentops-chaos-"))
         self.stdout.write(
             f"chaos: database {database}, workers {'with' if fork else 'without'} the fork, worker logs in {log_dir}"

@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from runs.agents import InvalidInput, UnknownAgent
 from runs.actors import CLI
+from runs import queue
 from runs.engine import wait_until_settled
 from runs.moves import InvalidIdempotencyKey, start_run
 
@@ -28,6 +29,11 @@ class Command(BaseCommand):
         except (UnknownAgent, InvalidInput, InvalidIdempotencyKey) as error:
             raise CommandError(str(error)) from None
         self.stdout.write(f"run {run.id} {run.status}")
+        if not queue.reachable():
+            self.stdout.write(
+                "Redis does not answer: the run is saved, and starts once Redis is back "
+                "(the sweeper enqueues it again). Do not start it again."
+            )
         if wait:
             try:
                 run = wait_until_settled(run.id, timeout)

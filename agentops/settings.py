@@ -268,8 +268,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     # A refused request is expected (a viewer's forged POST, a page the role may not see): one
     # line, without the traceback Django attaches to it.
-    "filters": {"refusals_in_one_line": {"()": "runs.logs.RefusalsInOneLine"}},
+    # While Redis is away, RQ's retries say so once a minute, not at every attempt.
+    "filters": {"refusals_in_one_line": {"()": "runs.logs.RefusalsInOneLine"},
+                "redis_retries_once": {"()": "runs.logs.RedisRetriesOnce"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
-                             "filters": ["refusals_in_one_line"]}},
+                             "filters": ["refusals_in_one_line", "redis_retries_once"]}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
 }

@@ -17,8 +17,11 @@ import os
 import queue
 import threading
 
+import redis
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
+
+from runs.outages import Outage
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class Publisher(threading.Thread):
         self.queue = queue.Queue()
         self.hurry = threading.Event()  # held while flush() waits: no batching at all
         self.soon = threading.Event()  # send the batch being gathered without waiting more
+        self.outage = Outage("Redis (live updates)")
 
     def run(self):
         loop = asyncio.new_event_loop()
@@ -79,8 +83,14 @@ class Publisher(threading.Thread):
             for group in (run_group(run_id, database), list_group(database)):
                 try:
                     await layer.group_send(group, message)
+                except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+                    # Redis is away: the pages catch up when they reconnect. Say so once, and
+                    # drop the rest of the batch rather than fail at every message.
+                    self.outage.failed(error)
+                    return
                 except Exception:
                     log.exception("could not tell %s that run %s changed", group, run_id)
+        self.outage.recovered()
 
 
 _publisher = None

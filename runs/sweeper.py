@@ -8,6 +8,7 @@ import logging
 import uuid
 from datetime import timedelta
 
+import redis
 from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import Exists, OuterRef, Subquery
@@ -16,10 +17,12 @@ from django.utils import timezone
 from runs import moves, queue
 from runs.actors import SWEEPER
 from runs.models import FINISHED, JournalEntry, Run, RunStatus, WaitKind
+from runs.outages import Outage
 from tools.approvals import expire_overdue
 
 S = RunStatus
 log = logging.getLogger(__name__)
+redis_outage = Outage("Redis")
 # A queued run this old with no job waiting for it in the queue is enqueued again: its job was
 # lost (with Redis, or taken by a worker that failed before it claimed the run: a database that
 # was away, a kill). The seconds leave time for a job on its way (enqueued after the commit, or
@@ -53,10 +56,15 @@ def sweep():
 
 def _part(fn, *args, **kwargs):
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
     except DatabaseError:
         log.exception("the sweeper's %s failed; the next pass tries again", fn.__name__)
         return None
+    except redis.RedisError as error:
+        # Only the requeue reads Redis; the runs it would enqueue stay queued in Postgres.
+        redis_outage.failed(error)
+        return None
+    return result
 
 
 def hand_back_expired_leases():
@@ -115,6 +123,7 @@ def requeue_lost_jobs():
     if not queued:
         return 0
     lost = queued - {uuid.UUID(run_id) for run_id in queue.runs_with_waiting_jobs()}
+    redis_outage.recovered()
     requeued = 0
     for run_id in lost:
         with transaction.atomic():

@@ -4,10 +4,11 @@ import logging
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 
-from runs.sweeper import sweep
+from runs.outages import Outage
 from runs.processes import stop_requested
+from runs.sweeper import sweep
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +23,23 @@ class Command(BaseCommand):
     def handle(self, *args, once, interval, **options):
         interval = interval or settings.SWEEP_INTERVAL_SECONDS
         stopping = stop_requested()
+        postgres = Outage("Postgres")
         while True:
             close_old_connections()
             try:
-                handed_back = sweep()
-            except Exception:
-                # Postgres or Redis may be away for a moment: try again at the next pass.
-                log.exception("sweep failed")
-                handed_back = 0
-            if handed_back:
-                self.stdout.write(f"handed back {handed_back} run(s) whose worker stopped")
-            if once or stopping.wait(interval):
+                connection.ensure_connection()
+            except DatabaseError as error:
+                # Nothing to sweep without the database: wait for it, saying so once.
+                delay = postgres.failed(error)
+            else:
+                postgres.recovered()
+                delay = interval
+                try:
+                    handed_back = sweep()
+                except Exception:
+                    log.exception("sweep failed; the next pass tries again")
+                    handed_back = 0
+                if handed_back:
+                    self.stdout.write(f"handed back {handed_back} run(s) whose worker stopped")
+            if once or stopping.wait(delay):
                 return

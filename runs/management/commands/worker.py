@@ -8,16 +8,23 @@ runs in a forked work horse with connections of its own (RQ's Worker).
 """
 
 import argparse
+import logging
 import socket
 import time
 
+import redis
+
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from runs import live
-from runs.queue import run_queue
+from runs.outages import Outage
+from runs.processes import stop_requested
+from runs.queue import reachable, run_queue
 from runs.workers import worker_class
+
+log = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -35,18 +42,47 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, burst, with_scheduler, name, fork, **options):
+        """Work until stopped. When Redis goes away, RQ's worker quits: wait for Redis with
+        backoff and start a new one (a Postgres outage fails the jobs instead, and the sweeper
+        enqueues their runs again once it is back)."""
         fork = settings.WORKER_FORK if fork is None else fork
-        queue = run_queue()
-        # A forked process must not inherit an open database connection (nor must the
-        # scheduler's, which RQ forks in both modes).
-        connections.close_all()
-        worker = worker_class(fork)(
-            [queue], connection=queue.connection,
-            name=name or f"{socket.gethostname()}-{time.time_ns()}",
-        )
+        name = name or f"{socket.gethostname()}-{time.time_ns()}"
+        outage = Outage("Redis")
         try:
-            worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING")
+            while True:
+                worker = self.work(fork, name, burst, with_scheduler)
+                if worker is not None and (burst or worker._stop_requested):
+                    return
+                if worker is not None and reachable():
+                    raise CommandError("the worker stopped on an error (see its log above)")
+                # RQ's signal handlers ask Redis about the worker's state: while it is away,
+                # a Ctrl-C or SIGTERM is simply a stop.
+                stopping = stop_requested()
+                if self.wait_for_redis(outage, stopping):
+                    return
+                outage.recovered()
         finally:
             # Without the fork, changes are published in the background: send the last ones.
             live.flush()
             connections.close_all()
+
+    def work(self, fork, name, burst, with_scheduler):
+        """One RQ worker until it stops; None if Redis failed under it."""
+        queue = run_queue()
+        # A forked process must not inherit an open database connection (nor must the
+        # scheduler's, which RQ forks in both modes).
+        connections.close_all()
+        worker = worker_class(fork)([queue], connection=queue.connection, name=name)
+        try:
+            worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING")
+        except redis.RedisError:
+            return None  # RQ logged it; its teardown could not reach Redis either
+        return worker
+
+    def wait_for_redis(self, outage, stopping):
+        """Until Redis answers (False) or a stop is asked for (True)."""
+        outage.failed("RQ's worker lost its connection")
+        while not reachable():
+            if stopping.wait(outage.failed("not yet")):
+                return True
+        return stopping.is_set()

@@ -2,6 +2,7 @@
 stopped for real under them and started again; they wait with backoff, say so once, and the
 runs started meanwhile run once it is back."""
 
+import signal
 import subprocess
 import time
 
@@ -76,3 +77,21 @@ def test_workers_and_the_sweeper_ride_out_a_redis_outage_and_run_what_started_me
     sweeper_log = (tmp_path / "sweeper.log").read_text()
     assert sweeper_log.count("Redis does not answer") == 1, sweeper_log
     assert sweeper_log.count("Redis answers again") == 1, sweeper_log
+
+
+def test_a_worker_asked_to_stop_while_idle_stops_cleanly(private_redis, tmp_path):
+    pool = Workers(tmp_path, REDIS_URL=private_redis.url)
+    try:
+        worker = pool.start(scheduler=False)
+        wait_for(lambda: "Listening" in (tmp_path / "worker-0.log").read_text() or _registered(private_redis),
+                 what="the worker to start listening")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0, (tmp_path / "worker-0.log").read_text()
+    finally:
+        pool.stop_all()
+
+
+def _registered(server):
+    import redis
+
+    return bool(redis.Redis.from_url(server.url).keys("rq:worker:*"))

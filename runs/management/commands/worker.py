@@ -51,7 +51,8 @@ class Command(BaseCommand):
         try:
             while True:
                 worker = self.work(fork, name, burst, with_scheduler)
-                if worker is not None and (burst or worker._stop_requested):
+                # A stop signal (RQ notes when it came), or a burst's empty queue: done.
+                if worker is not None and (burst or worker._shutdown_requested_date is not None):
                     return
                 if worker is not None and reachable():
                     raise CommandError("the worker stopped on an error (see its log above)")

@@ -17,7 +17,7 @@ from django.db import connections
 
 from runs import live
 from runs.queue import run_queue
-from runs.workers import worker_class
+from runs.workers import WORKER_TTL_SECONDS, worker_class
 
 
 class Command(BaseCommand):
@@ -42,7 +42,7 @@ class Command(BaseCommand):
         connections.close_all()
         worker = worker_class(fork)(
             [queue], connection=queue.connection,
-            name=name or f"{socket.gethostname()}-{time.time_ns()}",
+            name=name or f"{socket.gethostname()}-{time.time_ns()}", worker_ttl=WORKER_TTL_SECONDS,
         )
         try:
             worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING")

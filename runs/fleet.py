@@ -11,10 +11,12 @@ heartbeat in Redis during the job; its run's lease is its heartbeat (runs.engine
 a lease that lapsed under it says the same.
 """
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.utils import timezone
+from django.utils.timezone import localtime
 from rq import Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -71,9 +73,9 @@ class WorkerView:
     @property
     def why_dead(self) -> str:
         if self.lease_lapsed:
-            return f"the lease on the run it holds expired at {self.run.lease_expires_at:%H:%M:%S %Z}"
+            return f"the lease on the run it holds expired at {localtime(self.run.lease_expires_at):%H:%M:%S %Z}"
         if self.heartbeat_overdue:
-            return f"its heartbeat was due at {self.heartbeat_due_at:%H:%M:%S %Z}"
+            return f"its heartbeat was due at {localtime(self.heartbeat_due_at):%H:%M:%S %Z}"
         return ""
 
 
@@ -114,7 +116,10 @@ def _run_of_job(job_id, connection):
     except NoSuchJobError:
         return None
     if job.func_name in (ADVANCE_JOB, WAKE_JOB) and job.args:
-        return job.args[0]
+        try:
+            return uuid.UUID(str(job.args[0]))
+        except ValueError:
+            return None
     return None
 
 

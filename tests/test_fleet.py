@@ -1,0 +1,42 @@
+"""runs.fleet against real RQ workers: the run a busy worker holds, and a busy worker killed in
+the middle of its run, which does not heartbeat in Redis (no fork) but whose lease lapses."""
+
+from runs import fleet
+from runs.models import Run, RunStatus
+from runs.moves import start_run
+from tests.agents import TEST
+from tests.conftest import kill_worker, wait_for
+
+
+def test_a_busy_worker_holds_its_run_and_is_dead_once_the_lease_lapses(workers, tmp_path, client, viewer):
+    worker = workers.start(scheduler=False, fork=False)
+    run = start_run("w_blocker", {"value": 7, "release": str(tmp_path / "never")}, started_by=TEST)
+    wait_for(lambda: Run.objects.filter(id=run.id, status=RunStatus.RUNNING).exists(), what="the claim")
+
+    [busy] = wait_for(lambda: [view for view in fleet.workers() if view.run is not None], what="a busy worker")
+    assert busy.pid == worker.pid and busy.state == "busy"
+    assert busy.run.id == run.id and busy.run.lease_owner == f"{busy.hostname}:{worker.pid}"
+    assert not busy.probably_dead
+    client.force_login(viewer)
+    page = client.get("/workers/").content.decode()
+    assert f'<a href="/runs/{run.id}/"><code>{str(run.id)[:8]}</code></a> w_blocker' in page
+    assert f"{busy.run.lease_owner}, epoch 1, expires" in page
+
+    kill_worker(worker)
+    # The test workers' lease is 2 s; no sweeper runs, so the run stays running with its lease.
+    [dead] = wait_for(lambda: [view for view in fleet.workers() if view.probably_dead], timeout=15,
+                      what="the killed worker marked dead")
+    assert dead.lease_lapsed and not dead.heartbeat_overdue
+    assert dead.why_dead.startswith("the lease on the run it holds expired at")
+    page = client.get("/workers/", HTTP_HX_REQUEST="true").content.decode()
+    assert "probably dead" in page and "the lease on the run it holds expired at" in page
+
+
+def test_the_queue_depth_counts_the_jobs_nobody_took(workers):
+    start_run("t_protocol", {"value": 1}, started_by=TEST)
+    start_run("t_protocol", {"value": 2}, started_by=TEST)
+
+    depth = fleet.queue_depth()
+
+    assert (depth.queued, depth.scheduled, depth.failed) == (2, 0, 0)
+    assert fleet.workers() == [] and fleet.scheduler() is None

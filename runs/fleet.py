@@ -8,7 +8,8 @@ the worker's key to expire RQ's 60 s of slack after the next one is due, so the 
 live, read next to the heartbeat's age, says when the next heartbeat was due, whatever the
 worker's settings. A worker advancing a run without a fork (runs.workers.ReusingWorker) does not
 heartbeat in Redis during the job; its run's lease is its heartbeat (runs.engine.Heartbeat), so
-a lease that lapsed under it says the same.
+a lease that lapsed under it says the same, and so does a job that goes on after its run went to
+another worker or stopped running (a live worker ends the job as soon as its run leaves it).
 """
 
 import uuid
@@ -44,7 +45,10 @@ class WorkerView:
     last_heartbeat: datetime | None
     heartbeat_due_at: datetime | None
     job_id: str
+    job_started_at: datetime | None
     run: Run | None  # the run its current job advances, with its lease columns
+    # "host:pid" of the other workers: the lease owner a no-fork worker writes (runs.engine).
+    other_owners: frozenset
     successful_jobs: int
     failed_jobs: int
     now: datetime
@@ -58,22 +62,44 @@ class WorkerView:
         return self.heartbeat_due_at is not None and self.now > self.heartbeat_due_at + timedelta(seconds=GRACE_SECONDS)
 
     @property
+    def holds_run(self) -> bool:
+        """Its job's run is running under a lease that is not another worker's."""
+        run = self.run
+        return run is not None and run.status == RunStatus.RUNNING and run.lease_owner not in self.other_owners
+
+    @property
     def lease_lapsed(self) -> bool:
         """It holds a running run whose lease expired: the job's heartbeat stopped."""
-        run = self.run
         return (
-            run is not None and run.status == RunStatus.RUNNING and run.lease_expires_at is not None
-            and run.lease_expires_at + timedelta(seconds=GRACE_SECONDS) < self.now
+            self.holds_run and self.run.lease_expires_at is not None
+            and self.run.lease_expires_at + timedelta(seconds=GRACE_SECONDS) < self.now
         )
 
     @property
+    def lost_run(self) -> bool:
+        """Its job goes on, but its run went elsewhere a while ago: to another worker (the
+        sweeper handed it back after the lease expired), or out of running. A live worker ends
+        the job as soon as its run leaves it."""
+        run = self.run
+        if run is None or self.holds_run:
+            return False
+        if run.status == RunStatus.RUNNING:
+            return True
+        since = max(run.updated_at, self.job_started_at or run.updated_at)
+        return since + timedelta(seconds=GRACE_SECONDS) < self.now
+
+    @property
     def probably_dead(self) -> bool:
-        return self.heartbeat_overdue or self.lease_lapsed
+        return self.heartbeat_overdue or self.lease_lapsed or self.lost_run
 
     @property
     def why_dead(self) -> str:
         if self.lease_lapsed:
             return f"the lease on the run it holds expired at {localtime(self.run.lease_expires_at):%H:%M:%S %Z}"
+        if self.lost_run and self.run.status == RunStatus.RUNNING:
+            return f"its run went to {self.run.lease_owner} after its lease expired"
+        if self.lost_run:
+            return f"its run left it at {localtime(self.run.updated_at):%H:%M:%S %Z}, but its job goes on"
         if self.heartbeat_overdue:
             return f"its heartbeat was due at {localtime(self.heartbeat_due_at):%H:%M:%S %Z}"
         return ""
@@ -85,13 +111,11 @@ def workers() -> list[WorkerView]:
     connection = queue.connection
     found = [worker for worker in Worker.all(queue=queue) if worker is not None]
     now = timezone.now()
-    jobs = {}
-    for worker in found:
-        job_id = worker.get_current_job_id()
-        if job_id:
-            jobs[worker.name] = job_id
-    run_ids = {name: _run_of_job(job_id, connection) for name, job_id in jobs.items()}
+    job_ids = {worker.name: worker.get_current_job_id() for worker in found}
+    jobs = {name: _job(job_id, connection) for name, job_id in job_ids.items() if job_id}
+    run_ids = {name: _run_of_job(job) for name, job in jobs.items()}
     runs = Run.objects.in_bulk([run_id for run_id in run_ids.values() if run_id])
+    owners = {worker.name: f"{worker.hostname}:{worker.pid}" for worker in found}
     views = []
     for worker in found:
         ttl = connection.ttl(worker.key)
@@ -99,21 +123,30 @@ def workers() -> list[WorkerView]:
         if worker.last_heartbeat is not None and ttl is not None and ttl >= 0:
             due = now + timedelta(seconds=ttl - RQ_HEARTBEAT_SLACK_SECONDS)
         run_id = run_ids.get(worker.name)
+        job = jobs.get(worker.name)
         views.append(WorkerView(
             name=worker.name, hostname=worker.hostname or "", pid=worker.pid, state=worker.get_state(),
             started_at=worker.birth_date, last_heartbeat=worker.last_heartbeat, heartbeat_due_at=due,
-            job_id=jobs.get(worker.name, ""), run=runs.get(run_id) if run_id else None,
+            job_id=job_ids.get(worker.name) or "",
+            job_started_at=job.started_at if job else None,
+            run=runs.get(run_id) if run_id else None,
+            other_owners=frozenset(owner for name, owner in owners.items() if name != worker.name),
             successful_jobs=worker.successful_job_count, failed_jobs=worker.failed_job_count, now=now,
         ))
     views.sort(key=lambda view: view.started_at or now, reverse=True)
     return views
 
 
-def _run_of_job(job_id, connection):
-    """The run a job of ours advances or wakes (its one argument is the run's id)."""
+def _job(job_id, connection):
     try:
-        job = Job.fetch(job_id, connection=connection)
+        return Job.fetch(job_id, connection=connection)
     except NoSuchJobError:
+        return None
+
+
+def _run_of_job(job):
+    """The run a job of ours advances or wakes (its one argument is the run's id)."""
+    if job is None:
         return None
     if job.func_name in (ADVANCE_JOB, WAKE_JOB) and job.args:
         try:

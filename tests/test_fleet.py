@@ -40,3 +40,24 @@ def test_the_queue_depth_counts_the_jobs_nobody_took(workers):
 
     assert (depth.queued, depth.scheduled, depth.failed) == (2, 0, 0)
     assert fleet.workers() == [] and fleet.scheduler() is None
+
+
+def test_a_killed_worker_whose_run_went_to_another_worker_does_not_hold_it(workers, tmp_path, client, viewer):
+    first = workers.start(scheduler=False, fork=False)
+    run = start_run("w_blocker", {"value": 7, "release": str(tmp_path / "never")}, started_by=TEST)
+    wait_for(lambda: Run.objects.filter(id=run.id, status=RunStatus.RUNNING).exists(), what="the claim")
+    kill_worker(first)
+    workers.sweeper()
+    second = workers.start(scheduler=False, fork=False)
+    # The sweeper hands the run back when the lease (2 s) expires; the second worker claims it.
+    wait_for(lambda: Run.objects.filter(id=run.id, status=RunStatus.RUNNING, lease_epoch=2).exists(),
+             what="the second claim")
+
+    views = {view.pid: view for view in fleet.workers()}
+
+    assert views[second.pid].holds_run and not views[second.pid].probably_dead
+    assert not views[first.pid].holds_run and views[first.pid].lost_run and views[first.pid].probably_dead
+    assert views[first.pid].why_dead == f"its run went to {views[second.pid].hostname}:{second.pid} after its lease expired"
+    client.force_login(viewer)
+    page = client.get("/workers/").content.decode()
+    assert page.count(f"{views[second.pid].hostname}:{second.pid}, epoch 2, expires") == 1

@@ -69,6 +69,10 @@ class RunListing:
         return listing
 
     @property
+    def failed_in_agent_code(self):
+        return self.tool == NO_TOOL
+
+    @property
     def is_first_page(self):
         return self.after is None
 

@@ -6,7 +6,10 @@ They only read. Every figure comes from runs.fleet (Redis, as RQ keeps it), runs
 """
 
 import hmac
+import logging
 from datetime import timedelta
+
+import redis
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required, permission_required
@@ -21,6 +24,8 @@ from runs import fleet, metrics
 from runs.models import FINISHED
 from runs.sweeper import last_sweep_at
 from tools.models import Approval, ApprovalStatus
+
+log = logging.getLogger(__name__)
 
 # The workers page asks again this often (htmx polling: one request, no websocket to keep).
 WORKERS_REFRESH_SECONDS = 2
@@ -39,14 +44,14 @@ def sweeper_state(now):
 @permission_required("runs.view_run", raise_exception=True)
 def workers_page(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
-    context = {
-        "workers": fleet.workers(),
-        "depth": fleet.queue_depth(),
-        "scheduler": fleet.scheduler(),
-        "sweeper": sweeper_state(now),
-        "refresh_seconds": WORKERS_REFRESH_SECONDS,
-        "now": now,
-    }
+    context = {"refresh_seconds": WORKERS_REFRESH_SECONDS, "now": now}
+    try:
+        context.update(workers=fleet.workers(), depth=fleet.queue_depth(), scheduler=fleet.scheduler(),
+                       sweeper=sweeper_state(now))
+    except redis.RedisError as error:
+        # Workers, queue and scheduler live in Redis: say so, and keep asking.
+        log.warning("the workers page could not read Redis: %s", error)
+        context["redis_error"] = str(error)
     template = "runs/workers.html#live" if request.htmx else "runs/workers.html"
     return render(request, template, context)
 

@@ -1,11 +1,13 @@
 """runs.fleet against real RQ workers: the run a busy worker holds, and a busy worker killed in
 the middle of its run, which does not heartbeat in Redis (no fork) but whose lease lapses."""
 
-from runs import fleet
+import redis
+
+from runs import fleet, queue
 from runs.models import Run, RunStatus
 from runs.moves import start_run
 from tests.agents import TEST
-from tests.conftest import kill_worker, wait_for
+from tests.conftest import free_port, kill_worker, wait_for
 
 
 def test_a_busy_worker_holds_its_run_and_is_dead_once_the_lease_lapses(workers, tmp_path, client, viewer):
@@ -61,3 +63,14 @@ def test_a_killed_worker_whose_run_went_to_another_worker_does_not_hold_it(worke
     client.force_login(viewer)
     page = client.get("/workers/").content.decode()
     assert page.count(f"{views[second.pid].hostname}:{second.pid}, epoch 2, expires") == 1
+
+
+def test_the_workers_page_says_so_when_redis_does_not_answer(client, viewer, monkeypatch):
+    # A real client for a port where nothing listens (nothing of ours is replaced but the address).
+    monkeypatch.setattr(queue, "_redis", redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0"))
+    client.force_login(viewer)
+
+    response = client.get("/workers/")
+
+    assert response.status_code == 200
+    assert "Redis does not answer" in response.content.decode()

@@ -254,6 +254,10 @@ if SWEEP_INTERVAL_SECONDS < 1:
 # `manage.py worker --fork/--no-fork` overrides it.
 WORKER_FORK = envbool("WORKER_FORK", False)
 
+# The Prometheus endpoint /metrics answers only requests that send "Authorization: Bearer
+# METRICS_TOKEN"; while it is empty, /metrics does not exist (404). Scrapers do not log in.
+METRICS_TOKEN = env("METRICS_TOKEN", "")
+
 # Four eyes: the person who started a run may not approve its steps.
 APPROVALS_FORBID_SELF = envbool("APPROVALS_FORBID_SELF", True)
 

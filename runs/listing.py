@@ -8,14 +8,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlencode
 
-from django.db.models import BooleanField, Count, IntegerField, OuterRef, Subquery, TextField
+from django.db.models import BooleanField, CharField, Count, IntegerField, OuterRef, Subquery, TextField, Value
 from django.db.models.expressions import RawSQL
-from django.db.models.functions import Cast
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Coalesce
 
 from runs.agents import AGENTS
 from runs.models import JournalEntry, Run, RunStatus
 
 PAGE_SIZE = 50
+# A failure group's runs with no failed tool step (the agent's own code raised): ?tool=(none).
+NO_TOOL = "(none)"
 
 # Tokens and cost of a run: the sums over its LLM steps' journaled responses.
 TOKENS_SQL = """
@@ -36,6 +39,9 @@ class RunListing:
     status: str = ""
     agent: str = ""
     q: str = ""
+    # A failure group (runs.metrics.failure_groups): the error's type, the tool that failed.
+    error_type: str = ""
+    tool: str = ""
     after: tuple[datetime, uuid.UUID] | None = None
     error: str = ""
 
@@ -45,6 +51,8 @@ class RunListing:
             status=params.get("status", "").strip(),
             agent=params.get("agent", "").strip(),
             q=params.get("q", "").strip()[:200],
+            error_type=params.get("error_type", "").strip()[:200],
+            tool=params.get("tool", "").strip()[:200],
         )
         problems = []
         if listing.status and listing.status not in RunStatus.values:
@@ -61,6 +69,10 @@ class RunListing:
         return listing
 
     @property
+    def failed_in_agent_code(self):
+        return self.tool == NO_TOOL
+
+    @property
     def is_first_page(self):
         return self.after is None
 
@@ -72,6 +84,10 @@ class RunListing:
             runs = runs.filter(agent=self.agent)
         if self.q:
             runs = self._search(runs)
+        if self.error_type:
+            runs = runs.alias(error_type=error_type()).filter(error_type=self.error_type)
+        if self.tool:
+            runs = runs.alias(failed_tool=failed_tool()).filter(failed_tool="" if self.tool == NO_TOOL else self.tool)
         return runs
 
     def _search(self, runs):
@@ -108,13 +124,32 @@ class RunListing:
         return [(status, label, found.get(status, 0)) for status, label in RunStatus.choices]
 
     def querystring(self, **changes):
-        params = {"status": self.status, "agent": self.agent, "q": self.q}
+        params = {"status": self.status, "agent": self.agent, "q": self.q,
+                  "error_type": self.error_type, "tool": self.tool}
         params.update(changes)
         return urlencode({key: value for key, value in params.items() if value})
 
     @staticmethod
     def agents():
         return sorted(AGENTS)
+
+
+def error_type():
+    """The type of a failed run's error ({"type": ..., "message": ...})."""
+    return Coalesce(KeyTextTransform("type", "error"), Value(""), output_field=CharField())
+
+
+def failed_tool():
+    """The tool of a run's last failed tool step, or "" (the agent's own code failed)."""
+    return Coalesce(
+        Subquery(
+            JournalEntry.objects.filter(
+                run=OuterRef("pk"), kind=JournalEntry.Kind.TOOL, phase=JournalEntry.Phase.OUTCOME,
+                status=JournalEntry.Status.FAILED,
+            ).order_by("-seq", "-attempt", "-id").values("name")[:1]
+        ),
+        Value(""), output_field=CharField(),
+    )
 
 
 def with_figures(runs):

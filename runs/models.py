@@ -9,7 +9,7 @@ inserted but never updated or deleted; a lease exists exactly while a run is run
 import re
 import uuid
 
-from django.contrib.postgres.indexes import GinIndex, OpClass
+from django.contrib.postgres.indexes import BrinIndex, GinIndex, OpClass
 from django.db import models
 from django.db.models.functions import Cast, Now, Upper
 from django.urls import reverse
@@ -227,6 +227,10 @@ class Run(models.Model):
             models.Index(
                 name="run_queued_idx", fields=["updated_at"], condition=models.Q(status=S.QUEUED)
             ),
+            # The activity page and /metrics (runs.metrics): runs finished in the last hour or day.
+            models.Index(
+                name="run_finished_at_idx", fields=["finished_at"], condition=models.Q(finished_at__isnull=False)
+            ),
         ]
 
     def __str__(self):
@@ -342,6 +346,12 @@ class JournalEntry(models.Model):
                 condition=(models.Q(phase="intent") & models.Q(status=""))
                 | (models.Q(phase="outcome") & models.Q(status__in=["succeeded", "failed", "abandoned"])),
             ),
+        ]
+        indexes = [
+            # The activity page and /metrics (runs.metrics): the steps of the last hour or days.
+            # Rows are only appended, in time order, so a BRIN index (a few pages for millions
+            # of rows) finds them without a btree's cost on every journal write.
+            BrinIndex(name="journal_created_at_brin", fields=["created_at"]),
         ]
 
     def __str__(self):

@@ -6,11 +6,11 @@ between the look and the move wins, and a second pass finds nothing more to do.
 
 import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone as dt_timezone
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 
@@ -51,7 +51,30 @@ def sweep():
         _part(moves.wake_due, kind, actor=SWEEPER, reason=reason)
     _part(end_lost_compensations)
     _part(requeue_lost_jobs)
+    _record_pass()
     return handed_back
+
+
+def _last_pass_key():
+    # Named after the database, as the run queue is: two checkouts never read each other's.
+    return f"agentops:sweeper:last-pass:{connection.settings_dict['NAME']}"
+
+
+def _record_pass():
+    """Remember when this pass ended (in Redis: one key, no table to grow), for
+    last_sweep_at."""
+    try:
+        queue.redis_connection().set(_last_pass_key(), timezone.now().isoformat())
+    except redis.RedisError as error:
+        redis_outage.failed(error)
+
+
+def last_sweep_at():
+    """When the sweeper's last pass ended (any sweeper of this database), or None if none has
+    been recorded. A sweeper runs every SWEEP_INTERVAL_SECONDS; a much older pass means it
+    stopped."""
+    value = queue.redis_connection().get(_last_pass_key())
+    return None if value is None else datetime.fromisoformat(value.decode()).astimezone(dt_timezone.utc)
 
 
 def _part(fn, *args, **kwargs):

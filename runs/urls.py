@@ -1,6 +1,6 @@
 from django.urls import path
 
-from runs import views
+from runs import operations, views
 
 app_name = "runs"
 urlpatterns = [
@@ -12,4 +12,7 @@ urlpatterns = [
     path("runs/<uuid:run_id>/steps/<int:seq>/resolve/", views.resolve_step, name="resolve"),
     path("audit/", views.audit_list, name="audit"),
     path("runs/<uuid:run_id>/fork/<int:seq>/", views.fork_run, name="fork"),
+    path("workers/", operations.workers_page, name="workers"),
+    path("activity/", operations.activity_page, name="activity"),
+    path("metrics", operations.prometheus_metrics, name="prometheus"),
 ]

@@ -21,6 +21,11 @@ from runs import live
 
 log = logging.getLogger(__name__)
 
+# How long an idle worker may stay silent in Redis: RQ heartbeats when its wait for a job times
+# out, every WORKER_TTL_SECONDS - 15 s (here 5 s). RQ's default (420 s) would leave a killed
+# worker looking alive on the workers page (runs.fleet) for seven minutes.
+WORKER_TTL_SECONDS = 20
+
 # True in a no-fork worker, whose process outlives each job: the job then leaves its
 # connections open for the next one. False everywhere else (a forked work horse, which exits
 # after the job; a command or test that calls advance_run itself).

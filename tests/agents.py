@@ -204,6 +204,12 @@ def t_failing_child_parent(ctx, request: Empty) -> str:
     return "no error"
 
 
+@agent("t_failing_tool")
+def t_failing_tool(ctx, request: Value) -> dict:
+    """Fails at its tool step (the failures on the activity page)."""
+    return ctx.tool("t_fail", value=request.value)
+
+
 @agent("t_contract_breaker")
 def t_contract_breaker(ctx, request: Empty) -> int:
     raise ValueError("this child always fails")

@@ -12,7 +12,10 @@ from runs.roles import ROLE_PERMISSIONS
 
 LOGIN_PAGES = ("/login/", "/admin/login/")
 # Views that must answer an anonymous visitor: the login pages themselves and logout.
-OPEN_VIEWS = {"login", "logout", "admin:login", "admin:logout"}
+OPEN_VIEWS = {"login", "logout", "admin:login", "admin:logout",
+              # Prometheus does not log in: 404 without METRICS_TOKEN set, 403 without the
+              # token (tests/test_operations.py).
+              "runs:prometheus"}
 
 
 def route_text(pattern):

@@ -1,5 +1,5 @@
-"""Screenshots of the runs page, a run page, the approvals inbox and an approval page, from the
-demo data, for docs/screenshots/.
+"""Screenshots of the runs page, a run page, the approvals inbox, an approval page, a rollback
+plan, the workers page and the activity page, from the demo data, for docs/screenshots/.
 
     make screenshots
 
@@ -100,6 +100,12 @@ class Command(BaseCommand):
                 page.goto(f"{base}/runs/{locked.id}/rollback/")
                 page.wait_for_selector("table.plan")
                 page.screenshot(path=out / "rollback-plan.png", full_page=True)
+                page.goto(f"{base}/workers/")
+                page.wait_for_selector("table.workers")
+                page.screenshot(path=out / "workers.png", full_page=True)
+                page.goto(f"{base}/activity/")
+                page.wait_for_selector("#runs-per-minute svg rect")
+                page.screenshot(path=out / "activity.png", full_page=True)
                 browser.close()
         finally:
             for process in processes:

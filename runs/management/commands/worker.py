@@ -22,7 +22,7 @@ from runs import live
 from runs.outages import Outage
 from runs.processes import stop_requested
 from runs.queue import reachable, run_queue
-from runs.workers import worker_class
+from runs.workers import WORKER_TTL_SECONDS, worker_class
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ class Command(BaseCommand):
         # A forked process must not inherit an open database connection (nor must the
         # scheduler's, which RQ forks in both modes).
         connections.close_all()
-        worker = worker_class(fork)([queue], connection=queue.connection, name=name)
+        worker = worker_class(fork)([queue], connection=queue.connection, name=name,
+                                    worker_ttl=WORKER_TTL_SECONDS)
         try:
             worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING")
         except redis.RedisError:

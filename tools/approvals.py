@@ -52,6 +52,7 @@ def request_for(run_id, seq, *, tool_name, agent, args, args_hash):
     except IntegrityError:  # another worker made it a moment ago
         return Approval.objects.get(run_id=run_id, seq=seq)
     live.changed(run_id)
+    live.chrome_changed()  # the approvals badge on every open page
     return approval
 
 
@@ -147,6 +148,7 @@ def _decided(approval, status, actor, reason):
     approval.save()
     # The run's page shows the decision even while the run is not waiting yet.
     live.changed(approval.run_id)
+    live.chrome_changed()
     transaction.on_commit(lambda: moves.wake(
         approval.run_id, WaitKind.APPROVAL, approval.id, actor=actor,
         reason=f"approval of step {approval.seq} {status}",

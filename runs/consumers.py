@@ -9,6 +9,7 @@ and sends them; htmx swaps them in by id.
 import time
 
 from asgiref.sync import async_to_sync
+from autobahn.exception import Disconnected
 from channels.generic.websocket import WebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -30,6 +31,20 @@ CLOSED_GONE = 4404
 
 
 class LiveConsumer(WebsocketConsumer):
+    # Set once the browser has closed the socket; the disconnect message that ends us follows.
+    closing = False
+
+    def send(self, text_data=None, bytes_data=None, close=False):
+        """Send, unless the browser has gone. An operator who clicks a link closes the page's
+        socket, maybe while we render a live message; daphne (autobahn) then refuses the send
+        until its disconnect reaches us. That is normal navigation: no error, no traceback."""
+        if self.closing:
+            return
+        try:
+            super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except Disconnected:
+            self.closing = True
+
     def may_connect(self):
         user = self.scope.get("user")
         self.access_checked_at = time.monotonic()
@@ -61,6 +76,8 @@ class LiveConsumer(WebsocketConsumer):
         return render_to_string(template, {**context, "user": self.scope["user"], "live": True})
 
     def run_changed(self, event):
+        if self.closing:
+            return
         if not self.still_allowed():
             self.close(code=CLOSED_NO_ACCESS)
             return
@@ -175,6 +192,8 @@ class ChromeConsumer(LiveConsumer):
         self.send_chrome()  # a reconnect catches up
 
     def chrome_changed(self, event):
+        if self.closing:
+            return
         if not self.still_allowed():
             self.close(code=CLOSED_NO_ACCESS)
             return

@@ -1,12 +1,19 @@
 """What every page shows follows live (issue 10, fault 7): the freeze banner and the approvals
-badge, in Chromium against daphne, changed by another page or a service while the pages stay open."""
+badge, in Chromium against daphne, changed by another page or a service while the pages stay open;
+and the lease holder's heartbeat age on a run's page (fault 12), which no live update refreshes."""
 
+import re
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
 from playwright.sync_api import expect
 
 from runs import services
 from runs.actors import Actor
 from runs.engine import advance_run
-from runs.moves import start_run
+from runs.models import Run, heartbeat_seconds
+from runs.moves import claim, start_run
 from tests.agents import TEST
 from tests.conftest import log_in
 from tools.freeze import lift_freeze, set_freeze
@@ -68,4 +75,22 @@ def test_the_approvals_badge_follows_requests_made_and_withdrawn(transactional_d
     services.cancel(first.id, actor=Actor.for_user(operator), reason="not needed")  # withdraws its request
     expect(page.locator("#pending-approvals")).to_have_text("1")
     assert Approval.objects.filter(status="withdrawn").count() == 1
+    assert still_the_same_page(page)
+
+
+def test_a_silent_workers_heartbeat_age_counts_on_until_it_is_flagged(transactional_db, viewer, page, live_server_url):
+    """A worker that died sends no more beats, so no live update comes: the page counts on."""
+    run = start_run("t_sleeper", {"seconds": 3600}, started_by=TEST)
+    claim(run.id, "worker-that-died")
+    interval = heartbeat_seconds()
+    # Its last beat was two seconds short of the interval ago.
+    Run.objects.filter(id=run.id).update(
+        lease_expires_at=timezone.now() + timedelta(seconds=settings.RUN_LEASE_SECONDS - interval + 2))
+    log_in(page, live_server_url, "vera")
+    open_page(page, f"{live_server_url}/runs/{run.id}/")
+    beat = page.locator("#run-header .heartbeat")
+    expect(beat).not_to_have_class(re.compile("late"))
+    expect(beat).to_have_class(re.compile("late"), timeout=interval * 1000)
+    expect(beat).to_contain_text(f"late, a beat is due every {interval:g} s")
+    assert int(beat.locator(".age").inner_text()) > interval
     assert still_the_same_page(page)

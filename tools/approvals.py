@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from runs import live, moves
 from runs.actors import EXPIRY, Actor
 from runs.agents import describe
+from runs.moments import moment_text
 from runs.models import AuditEntry, Run, WaitKind
 from tools.models import Approval, ApprovalStatus, Tool
 from tools.registry import DEFAULT_APPROVAL_EXPIRY_SECONDS, REDACTED, TOOLS, redact
@@ -114,7 +115,7 @@ def decide(approval_id, decision, *, actor, reason="", edited_args_text=None, sh
                 details={"seq": approval.seq, "tool": approval.tool, "edited_args": approval.edited_args},
             )
     if expired:
-        raise ApprovalError(f"this request expired at {approval.expires_at:%Y-%m-%d %H:%M:%S %Z}; the agent was told so")
+        raise ApprovalError(f"this request expired at {moment_text(approval.expires_at)}; the agent was told so")
     return approval
 
 

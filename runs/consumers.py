@@ -212,4 +212,3 @@ class ChromeConsumer(LiveConsumer):
             self.render("chrome/freeze_banner.html", context),
             self.render("chrome/approvals_badge.html", context),
         ]))
-

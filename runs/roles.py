@@ -76,7 +76,7 @@ class RoleNeeded(PermissionDenied):
             super().__init__(f"This needs a permission no role holds ({permission})")
 
 
-def check(user, permission):
+def require_permission(user, permission):
     """Raise RoleNeeded unless the user holds the permission."""
     if not user.has_perm(permission):
         raise RoleNeeded(permission)
@@ -92,7 +92,7 @@ def permission_required(permission, raise_exception=True):
     def decorator(view):
         @wraps(view)
         def checked(request, *args, **kwargs):
-            check(request.user, permission)
+            require_permission(request.user, permission)
             return view(request, *args, **kwargs)
 
         return checked

@@ -9,8 +9,11 @@ and sends them; htmx swaps them in by id.
 import time
 
 from asgiref.sync import async_to_sync
+from autobahn.exception import Disconnected
 from channels.generic.websocket import WebsocketConsumer
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.context_processors import PermWrapper
 from django.contrib.sessions.backends.db import SessionStore
 from django.http import QueryDict
 from django.template.loader import render_to_string
@@ -19,6 +22,7 @@ from runs import live
 from runs.listing import RunListing
 from runs.models import Run
 from runs.views import controls_state, run_context, state_key, steps_state
+from tools.context_processors import freeze_shown, pending_approval_count
 
 # A session ended or a role removed closes the socket within this many seconds.
 ACCESS_RECHECK_SECONDS = 5
@@ -27,6 +31,20 @@ CLOSED_GONE = 4404
 
 
 class LiveConsumer(WebsocketConsumer):
+    # Set once the browser has closed the socket; the disconnect message that ends us follows.
+    closing = False
+
+    def send(self, text_data=None, bytes_data=None, close=False):
+        """Send, unless the browser has gone. An operator who clicks a link closes the page's
+        socket, maybe while we render a live message; daphne (autobahn) then refuses the send
+        until its disconnect reaches us. That is normal navigation: no error, no traceback."""
+        if self.closing:
+            return
+        try:
+            super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except Disconnected:
+            self.closing = True
+
     def may_connect(self):
         user = self.scope.get("user")
         self.access_checked_at = time.monotonic()
@@ -58,6 +76,8 @@ class LiveConsumer(WebsocketConsumer):
         return render_to_string(template, {**context, "user": self.scope["user"], "live": True})
 
     def run_changed(self, event):
+        if self.closing:
+            return
         if not self.still_allowed():
             self.close(code=CLOSED_NO_ACCESS)
             return
@@ -150,3 +170,45 @@ class RunConsumer(LiveConsumer):
             ]
         self.shown_steps, self.shown_controls = steps, controls
         self.send(text_data="\n".join(parts))
+
+
+class ChromeConsumer(LiveConsumer):
+    """What every page shows: the freeze banner and the approvals badge (templates/chrome/).
+
+    The freeze and approval services publish to the chrome group after commit; this sends both
+    parts again, and htmx swaps them by id, so a freeze lifted in another tab leaves no stale
+    banner and the badge follows requests made, decided and withdrawn.
+    """
+
+    def connect(self):
+        if not self.may_connect():
+            self.close()
+            return
+        # Where the banner's "Lift the freeze" returns to: the page that opened this socket
+        # (the view checks it is ours).
+        self.page_path = QueryDict(self.scope["query_string"]).get("next", "/")
+        self.join(live.chrome_group())
+        self.accept()
+        self.send_chrome()  # a reconnect catches up
+
+    def chrome_changed(self, event):
+        if self.closing:
+            return
+        if not self.still_allowed():
+            self.close(code=CLOSED_NO_ACCESS)
+            return
+        self.send_chrome()
+
+    def send_chrome(self):
+        user = self.scope["user"]
+        context = {
+            "freeze": freeze_shown(), "pending_approvals": pending_approval_count(),
+            "perms": PermWrapper(user), "page_path": self.page_path,
+            # The banner's forms post with the CSRF cookie's secret, as Django accepts from
+            # JavaScript; there is no request here to mask a token with.
+            "csrf_token": self.scope.get("cookies", {}).get(settings.CSRF_COOKIE_NAME, ""),
+        }
+        self.send(text_data="\n".join([
+            self.render("chrome/freeze_banner.html", context),
+            self.render("chrome/approvals_badge.html", context),
+        ]))

@@ -14,14 +14,13 @@ import socket
 import threading
 import time
 
-from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
 from runs import moves, rollback
 from runs.actors import Actor
 from runs.agents import AGENTS, InvalidInput, get_agent
 from runs.context import Context
-from runs.models import Run, RunStatus
+from runs.models import Run, RunStatus, heartbeat_seconds
 from runs.recorder import (
     CancelRequested, FailRun, Fenced, JournalUnavailable, NeedsAttention, PauseRequested, Recorder,
     ToolError, Wait, load_journal,
@@ -46,7 +45,7 @@ class Heartbeat(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self):
-        interval = settings.RUN_LEASE_SECONDS / 3
+        interval = heartbeat_seconds()
         try:
             while not self.stopped.wait(interval):
                 try:

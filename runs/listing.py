@@ -33,6 +33,12 @@ COST_SQL = """
     WHERE j.run_id = runs_run.id AND j.kind = 'llm' AND j.phase = 'outcome' AND j.status = 'succeeded'
 """
 
+# The tool of the approval request a waiting run waits for (the list says "approval of TOOL").
+WAITING_TOOL_SQL = """
+    SELECT a.tool FROM tools_approval a
+    WHERE a.id = (CASE WHEN runs_run.wait_kind = 'approval' THEN runs_run.wait_ref::bigint END)
+"""
+
 
 @dataclass
 class RunListing:
@@ -153,7 +159,8 @@ def failed_tool():
 
 
 def with_figures(runs):
-    """Each run with its step count, tokens and cost, from its journal."""
+    """Each run with its step count, tokens and cost, from its journal, and the tool whose
+    approval it waits for."""
     return runs.annotate(
         step_count=Subquery(
             JournalEntry.objects.filter(run=OuterRef("pk")).order_by("-seq").values("seq")[:1],
@@ -161,4 +168,5 @@ def with_figures(runs):
         ),
         tokens=RawSQL(TOKENS_SQL, []),
         cost_usd=RawSQL(COST_SQL, []),
+        waiting_tool=RawSQL(WAITING_TOOL_SQL, [], output_field=TextField()),
     )

@@ -4,7 +4,8 @@
 commit, the run's id goes to a publisher thread, which sends a "run.changed" message to the
 Channels group of that run and to the group of the run list; the consumers (runs/consumers.py)
 then render what changed from the database and push it to the browser. The message carries only
-the id, so a page always shows what the database holds.
+the id, so a page always shows what the database holds. `chrome_changed()` does the same for
+what every page shows (the freeze banner, the approvals badge), through the "chrome" group.
 
 The publisher is a thread with an event loop of its own, so a worker's step costs a queue put,
 not a round trip to Redis (and not a new event loop per message, which async_to_sync would
@@ -43,6 +44,15 @@ def list_group(database=None):
     return f"runs.{database or _database()}"
 
 
+def chrome_group(database=None):
+    """Every open page: its freeze banner and approvals badge."""
+    return f"chrome.{database or _database()}"
+
+
+# The item that stands for "the freeze or the pending approvals changed" in the publisher's queue.
+CHROME = "chrome"
+
+
 class Publisher(threading.Thread):
     def __init__(self):
         super().__init__(daemon=True, name="live-publisher")
@@ -79,6 +89,9 @@ class Publisher(threading.Thread):
 
     async def _send(self, layer, batch):
         for database, run_id in batch:
+            if run_id == CHROME:
+                await self._send_chrome(layer, database)
+                continue
             message = {"type": "run.changed", "run_id": run_id}
             for group in (run_group(run_id, database), list_group(database)):
                 try:
@@ -91,6 +104,12 @@ class Publisher(threading.Thread):
                 except Exception:
                     log.exception("could not tell %s that run %s changed", group, run_id)
         self.outage.recovered()
+
+    async def _send_chrome(self, layer, database):
+        try:
+            await layer.group_send(chrome_group(database), {"type": "chrome.changed"})
+        except Exception:
+            log.exception("could not tell the open pages that the freeze or the approvals changed")
 
 
 _publisher = None
@@ -121,6 +140,14 @@ def _get_publisher():
 def changed(run_id):
     """After the current transaction commits, tell the live pages that the run changed."""
     item = (_database(), str(run_id))
+    transaction.on_commit(lambda: _get_publisher().queue.put(item))
+
+
+def chrome_changed():
+    """After the current transaction commits, tell every open page that the freeze or the
+    pending approvals changed (its banner and badge follow). One message per batch, however
+    many changes."""
+    item = (_database(), CHROME)
     transaction.on_commit(lambda: _get_publisher().queue.put(item))
 
 

@@ -8,7 +8,9 @@ inserted but never updated or deleted; a lease exists exactly while a run is run
 
 import re
 import uuid
+from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.postgres.indexes import BrinIndex, GinIndex, OpClass
 from django.db import models
 from django.db.models.functions import Cast, Now, Upper
@@ -248,6 +250,20 @@ class Run(models.Model):
         if self.started_at is None:
             return None
         return (self.finished_at or timezone.now()) - self.started_at
+
+    @property
+    def last_heartbeat(self):
+        """When the lease holder last extended its lease (or claimed the run): every beat
+        sets the expiry one lease from now. None without a lease."""
+        if self.lease_expires_at is None:
+            return None
+        return self.lease_expires_at - timedelta(seconds=settings.RUN_LEASE_SECONDS)
+
+
+def heartbeat_seconds():
+    """How often a worker extends the lease of the run it holds (runs.engine.Heartbeat): three
+    times per lease, so one missed beat does not lose it."""
+    return settings.RUN_LEASE_SECONDS / 3
 
 
 class RunEvent(models.Model):

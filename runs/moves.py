@@ -218,8 +218,9 @@ WITH moved AS (
     UPDATE tools_approval SET status = 'withdrawn', decided_by = %(actor)s, decided_at = now(),
         reason = %(withdrawn)s
     WHERE run_id = %(run)s AND status = 'pending' AND %(left_for_good)s
+    RETURNING 1
 )
-SELECT finished_at, updated_at FROM moved
+SELECT finished_at, updated_at, (SELECT count(*) FROM withdrawn) FROM moved
 """
 _NO_VALUE = object()
 
@@ -272,7 +273,9 @@ def move(run_id, to, *, actor, reason="", epoch=None, expect=None, waiting_for=N
                 "left_for_good": to in LEFT_FOR_GOOD,
                 "withdrawn": f"withdrawn: the run was {RunStatus(to).label.lower()}",
             })
-            run.finished_at, run.updated_at = cursor.fetchone()
+            run.finished_at, run.updated_at, withdrawn = cursor.fetchone()
+        if withdrawn:
+            live.chrome_changed()  # the approvals badge counts them no more
         _after_commit(run, before)
     return Moved(True, run, before, to)
 

@@ -4,8 +4,11 @@ This table is the one place that says who may do what. The groups are made and b
 with it after every `migrate`.
 """
 
+from functools import wraps
+
 from django.apps import apps as global_apps
 from django.contrib.auth.management import create_permissions
+from django.core.exceptions import PermissionDenied
 
 VIEWER = "viewer"
 OPERATOR = "operator"
@@ -51,6 +54,50 @@ def role_of(user):
         if role in names:
             return role
     return ADMIN if user.is_superuser else None
+
+
+def role_needed(permission):
+    """The lowest role that holds the permission, or None when no role does."""
+    for role in (VIEWER, OPERATOR, ADMIN):
+        if permission in ROLE_PERMISSIONS[role]:
+            return role
+    return None
+
+
+class RoleNeeded(PermissionDenied):
+    """A refusal that says which role would have been allowed (the 403 page shows it)."""
+
+    def __init__(self, permission):
+        self.permission = permission
+        self.role = role_needed(permission)
+        if self.role:
+            super().__init__(f"This needs the {self.role} role")
+        else:
+            super().__init__(f"This needs a permission no role holds ({permission})")
+
+
+def require_permission(user, permission):
+    """Raise RoleNeeded unless the user holds the permission."""
+    if not user.has_perm(permission):
+        raise RoleNeeded(permission)
+
+
+def permission_required(permission, raise_exception=True):
+    """Django's decorator of the same name, except that the refusal names the role needed.
+    It always refuses with a 403: LoginRequiredMiddleware sends the anonymous to the login page
+    before any view (the keyword is there so a view reads as with Django's)."""
+    if not raise_exception:
+        raise ValueError("a refusal here is always a 403; people who are not logged in never get this far")
+
+    def decorator(view):
+        @wraps(view)
+        def checked(request, *args, **kwargs):
+            require_permission(request.user, permission)
+            return view(request, *args, **kwargs)
+
+        return checked
+
+    return decorator
 
 
 def sync_role_groups(apps=global_apps, using="default", **kwargs):

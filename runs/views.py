@@ -2,8 +2,7 @@ import hashlib
 import json
 
 from django.contrib import messages
-from django.contrib.auth.decorators import permission_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db.models import Count, Max, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -17,6 +16,7 @@ from runs import services
 from runs.actors import Actor
 from runs.listing import RunListing
 from runs.models import AuditEntry, JournalEntry, Run, RunStatus
+from runs.roles import permission_required, require_permission
 from runs.rollback import stopped_at
 from tools.models import FreezeState
 from runs.services import Resolution, RollbackResolution
@@ -159,8 +159,7 @@ ACTIONS = {"pause": services.pause, "resume": services.resume, "cancel": service
 def run_action(request: HttpRequest, run_id, action) -> HttpResponse:
     if action not in ACTIONS:
         raise Http404("no such action")
-    if not request.user.has_perm(PERMISSIONS[action]):
-        raise PermissionDenied
+    require_permission(request.user, PERMISSIONS[action])
     run = _get_run(run_id)
     try:
         ACTIONS[action](run.id, actor=Actor.for_user(request.user), reason=request.POST.get("reason", "").strip())
@@ -243,8 +242,7 @@ def rollback_page(request: HttpRequest, run_id) -> HttpResponse:
 def _cancel_to_roll_back(request, run):
     """A run that has not stopped is cancelled first (at its next step boundary, if it is
     running); its plan follows on the plan page once it has stopped."""
-    if not request.user.has_perm("runs.cancel_run"):
-        raise PermissionDenied
+    require_permission(request.user, "runs.cancel_run")
     reason = request.POST.get("reason", "").strip()
     try:
         services.cancel(run.id, actor=Actor.for_user(request.user), reason=reason and f"to roll it back: {reason}")

@@ -21,6 +21,7 @@ from django.db.models.functions import Cast, Now
 from django.utils import timezone
 
 from runs.models import FINISHED, Run, WaitKind
+from runs.moments import moment_text
 from tools.models import Approval, ApprovalStatus, FreezeState
 
 
@@ -36,18 +37,18 @@ class WaitFor:
 
     @classmethod
     def sleep(cls, wake_at):
-        return cls(WaitKind.SLEEP, "", wake_at, f"sleeping until {wake_at.isoformat()}")
+        return cls(WaitKind.SLEEP, "", wake_at, f"sleeping until {moment_text(wake_at)}")
 
     @classmethod
     def child(cls, child_id):
-        return cls(WaitKind.CHILD, str(child_id), None, f"waiting for child run {child_id}")
+        return cls(WaitKind.CHILD, str(child_id), None, f"waiting for child run {str(child_id)[:8]}")
 
     @classmethod
     def approval(cls, approval):
         return cls(
             WaitKind.APPROVAL, str(approval.id), None,
             f"waiting for approval of step {approval.seq} ({approval.tool}), until "
-            f"{approval.expires_at:%Y-%m-%d %H:%M:%S %Z}",
+            f"{moment_text(approval.expires_at)}",
         )
 
     @classmethod

@@ -49,7 +49,7 @@ def test_the_first_push_leaves_alone_the_controls_and_steps_the_page_already_sho
     advance_run(run.id)
     client.force_login(operator)
     page = client.get(f"/runs/{run.id}/").content.decode()
-    path = html.unescape(re.search(r'ws-connect="([^"]+)"', page).group(1))
+    path = html.unescape(re.search(r'ws-connect="(/ws/runs/[^"]+)"', page).group(1))
 
     push = first_push(path, operator)
 

@@ -102,7 +102,7 @@ def test_the_tools_page_shows_effects_annotations_and_rules(client, viewer):
     assert "irreversible" in page
     assert "refund_customer: <span class=\"rule rule-allow\">allow</span>" in page
     assert "default for a write" in page
-    assert "<code class=\"on\">readOnlyHint</code>" in page
+    assert "<code class=\"on\">readOnlyHint: true</code>" in page
 
 
 def admin_client(client, admin_user):

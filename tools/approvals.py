@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from runs import live, moves
 from runs.actors import EXPIRY, Actor
 from runs.agents import describe
+from runs.moments import moment_text
 from runs.models import AuditEntry, Run, WaitKind
 from tools.models import Approval, ApprovalStatus, Tool
 from tools.registry import DEFAULT_APPROVAL_EXPIRY_SECONDS, REDACTED, TOOLS, redact
@@ -52,6 +53,7 @@ def request_for(run_id, seq, *, tool_name, agent, args, args_hash):
     except IntegrityError:  # another worker made it a moment ago
         return Approval.objects.get(run_id=run_id, seq=seq)
     live.changed(run_id)
+    live.chrome_changed()  # the approvals badge on every open page
     return approval
 
 
@@ -113,7 +115,7 @@ def decide(approval_id, decision, *, actor, reason="", edited_args_text=None, sh
                 details={"seq": approval.seq, "tool": approval.tool, "edited_args": approval.edited_args},
             )
     if expired:
-        raise ApprovalError(f"this request expired at {approval.expires_at:%Y-%m-%d %H:%M:%S %Z}; the agent was told so")
+        raise ApprovalError(f"this request expired at {moment_text(approval.expires_at)}; the agent was told so")
     return approval
 
 
@@ -147,6 +149,7 @@ def _decided(approval, status, actor, reason):
     approval.save()
     # The run's page shows the decision even while the run is not waiting yet.
     live.changed(approval.run_id)
+    live.chrome_changed()
     transaction.on_commit(lambda: moves.wake(
         approval.run_id, WaitKind.APPROVAL, approval.id, actor=actor,
         reason=f"approval of step {approval.seq} {status}",

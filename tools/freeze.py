@@ -17,7 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from runs import moves
+from runs import live, moves
 from runs.models import AuditEntry, WaitKind
 from tools.models import Freeze, FreezeState, check_agent_name
 
@@ -62,6 +62,7 @@ def set_freeze(*, agent="", reason, actor):
             state.global_reason = reason
         state.save()
         AuditEntry.record(actor, "freeze", target=_scope(agent), reason=reason)
+        live.chrome_changed()  # every open page shows the banner
         return Freeze.objects.create(agent=agent, reason=reason, set_by=actor.label)
 
 
@@ -79,5 +80,6 @@ def lift_freeze(*, agent="", actor):
         state.save()
         Freeze.objects.filter(agent=agent, lifted_at__isnull=True).update(lifted_by=actor.label, lifted_at=timezone.now())
         AuditEntry.record(actor, "unfreeze", target=_scope(agent))
+        live.chrome_changed()
     # Back to the queue: every run that waits for a freeze no longer covering it.
     return moves.wake_due(WaitKind.FREEZE, actor=actor, reason="the freeze was lifted")

@@ -61,6 +61,9 @@ class ToolSpec:
     compensation: Compensation | None = None
     sensitive: frozenset = frozenset()
     output_model: type[BaseModel] | None = None
+    # False for tools that exist to prove the runtime (the chaos and benchmark tools): the
+    # Tools page lists them only when asked.
+    listed: bool = True
 
     @property
     def reversible(self):
@@ -104,7 +107,7 @@ TOOLS: dict[str, ToolSpec] = {}
 
 def tool(
     name=None, *, effect="delete", idempotent=False, reconcile=None, description=None,
-    open_world=True, compensation=None, sensitive=(), output_model=None,
+    open_world=True, compensation=None, sensitive=(), output_model=None, listed=True,
 ):
     """Register a tool: `def fn(args: Model, *, idempotency_key: str) -> JSON-able result`."""
     if effect not in EFFECTS:
@@ -142,6 +145,7 @@ def tool(
             compensation=compensation,
             sensitive=frozenset(sensitive),
             output_model=output_model,
+            listed=listed,
         )
         return fn
 

@@ -1,5 +1,4 @@
 from django.contrib import messages
-from django.contrib.auth.decorators import permission_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -10,16 +9,23 @@ from django.http import Http404
 from django.utils import timezone
 
 from runs.actors import Actor
+from runs.roles import permission_required
 from runs.models import JournalEntry
 from runs.timeline import build_steps
 from tools.approvals import ApprovalError, decide
 from tools.freeze import FreezeError, lift_freeze, set_freeze
 from tools.models import Approval, ApprovalStatus, Tool, ToolPermission
+from tools.registry import TOOLS
 
 
 @permission_required("tools.view_tool", raise_exception=True)
 def tool_list(request: HttpRequest) -> HttpResponse:
     tools = list(Tool.objects.prefetch_related("permissions"))
+    # The tools that prove the runtime (chaos, benchmarks) only when asked for.
+    unlisted = [tool for tool in tools if tool.name in TOOLS and not TOOLS[tool.name].listed]
+    show_all = request.GET.get("all") == "1"
+    if not show_all:
+        tools = [tool for tool in tools if tool not in unlisted]
     rows = [
         {
             "tool": tool,
@@ -28,7 +34,7 @@ def tool_list(request: HttpRequest) -> HttpResponse:
         }
         for tool in tools
     ]
-    return render(request, "tools/list.html", {"rows": rows})
+    return render(request, "tools/list.html", {"rows": rows, "unlisted": len(unlisted), "show_all": show_all})
 
 
 def _back(request):
@@ -78,12 +84,19 @@ def approval_detail(request: HttpRequest, approval_id: int) -> HttpResponse:
         approval = Approval.objects.select_related("run").get(id=approval_id)
     except (Approval.DoesNotExist, ValidationError):
         raise Http404("there is no such approval request") from None
+    return _approval_page(request, approval)
+
+
+def _approval_page(request, approval, edited_args_text=None):
+    """The request, its last steps and the decision forms; the edit form holds
+    edited_args_text when a refused edit comes back to the operator."""
     rows = JournalEntry.objects.filter(run=approval.run, seq__gte=max(1, approval.seq - 5)).order_by("seq", "attempt", "id")
     context = {
         "approval": approval,
         "last_steps": build_steps(approval.run, list(rows)),
         "now": timezone.now(),
         "can_decide": request.user.has_perm("runs.approve_step") and approval.status == ApprovalStatus.PENDING,
+        "edited_args_text": edited_args_text,
     }
     return render(request, "tools/approval.html", context)
 
@@ -95,11 +108,16 @@ def approval_decide(request: HttpRequest, approval_id: int) -> HttpResponse:
     if approval is None:
         raise Http404("there is no such approval request")
     decision = request.POST.get("decision", "")
+    edited_args_text = request.POST.get("edited_args")
     try:
         decide(approval.id, decision, actor=Actor.for_user(request.user), reason=request.POST.get("reason", ""),
-               edited_args_text=request.POST.get("edited_args"), shown_hash=request.POST.get("shown_hash", ""))
+               edited_args_text=edited_args_text, shown_hash=request.POST.get("shown_hash", ""))
     except ApprovalError as error:
         messages.error(request, f"Not done: {error}.")
+        if edited_args_text is not None:
+            # The page again, with the operator's edit as they typed it, to correct.
+            approval.refresh_from_db()
+            return _approval_page(request, approval, edited_args_text)
     else:
         messages.success(request, "Approved: the run goes on and makes the call." if decision == "approve"
                          else "Denied: the agent receives your reason as the tool's error.")

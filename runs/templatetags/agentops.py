@@ -1,10 +1,15 @@
 import json
+import uuid
 
 from django import template
+from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.timesince import timesince, timeuntil
-from django.utils.timezone import localtime, now
+from django.utils.timezone import now
 
+from runs.actors import Actor
+from runs.models import heartbeat_seconds
+from runs.moments import moment_text
 from runs.roles import role_of
 
 register = template.Library()
@@ -15,7 +20,7 @@ def when(moment):
     """A timestamp shown relative ("3 minutes ago"), with the absolute time on hover."""
     if moment is None:
         return "—"
-    absolute = localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
+    absolute = moment_text(moment)
     seconds = (now() - moment).total_seconds()
     if seconds < 0:
         relative = f"in {timeuntil(moment)}"
@@ -24,6 +29,56 @@ def when(moment):
     else:
         relative = f"{timesince(moment)} ago"
     return format_html('<time datetime="{}" title="{}">{}</time>', moment.isoformat(), absolute, relative)
+
+
+# The navigation item a page belongs to, by (app, url name); otherwise by app. One item is
+# highlighted on every page (a run's page belongs to Runs, an approval's to Approvals).
+NAV_SECTIONS = {("runs", "audit"): "audit", ("runs", "workers"): "workers", ("tools", "approvals"): "approvals", ("tools", "approval"): "approvals"}
+NAV_APPS = {"runs": "runs", "tools": "tools", "demo": "demo"}
+
+
+@register.filter
+def nav_section(match):
+    if match is None:
+        return ""
+    return NAV_SECTIONS.get((match.app_name, match.url_name), NAV_APPS.get(match.app_name, ""))
+
+
+@register.simple_tag
+def heartbeat(run):
+    """The lease holder's last beat: "heartbeat 4 s ago", flagged as late once it is older than
+    the interval between beats (the worker may have died; the sweeper takes the run back when
+    the lease runs out). static/js/heartbeat.js keeps the age counting in the browser."""
+    beat = run.last_heartbeat
+    if beat is None:
+        return ""
+    interval = heartbeat_seconds()
+    age = int(max(0, (now() - beat).total_seconds()))
+    late = age > interval
+    return format_html(
+        '<span class="heartbeat{}" data-heartbeat-age="{}" data-interval="{}" title="last beat {}">'
+        'heartbeat <span class="age">{}</span> s ago'
+        '<b class="late-note"{}>: late, a beat is due every {} s; the worker may have stopped</b></span>',
+        " late" if late else "", age, interval, moment_text(beat), age, "" if late else " hidden", f"{interval:g}",
+    )
+
+
+@register.filter
+def actor(label):
+    """Who caused something, as stored ("user:ada", "run:UUID"): a run is a link with its
+    short id, as everywhere else on the pages."""
+    who = Actor.from_label(label or "")
+    if who.kind == "run" and _is_uuid(who.name):
+        return format_html('run <a href="{}"><code>{}</code></a>', reverse("runs:detail", args=[who.name]), who.name[:8])
+    return label
+
+
+def _is_uuid(text):
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 @register.filter

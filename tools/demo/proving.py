@@ -34,7 +34,7 @@ class Account(BaseModel):
     account: int = Field(ge=0)
 
 
-@tool(effect="write", idempotent=True)
+@tool(effect="write", idempotent=True, listed=False)
 def proving_undo(args: Account, *, idempotency_key: str) -> dict:
     return {"undone": True}
 
@@ -44,7 +44,7 @@ class Amount(BaseModel):
     amount: int = Field(gt=0)
 
 
-@tool(effect="write", idempotent=True)
+@tool(effect="write", idempotent=True, listed=False)
 def chaos_undo(args: Amount, *, idempotency_key: str) -> dict:
     """The chaos writes' compensation, an idempotent write: the downstream takes the amount back
     once per key (its own key, ROLLBACK-RUN-ID:SEQ; the rollback run's input says which step
@@ -59,14 +59,14 @@ def chaos_undo(args: Amount, *, idempotency_key: str) -> dict:
     return {"undone": args.amount}
 
 
-@tool(effect="read")
+@tool(effect="read", listed=False)
 def chaos_balance(args: Account) -> dict:
     """Read: a deterministic balance."""
     _latency()
     return {"balance": 100 + args.account}
 
 
-@tool(effect="write", idempotent=True, compensation=CHAOS_UNDO)
+@tool(effect="write", idempotent=True, compensation=CHAOS_UNDO, listed=False)
 def chaos_deposit(args: Amount, *, idempotency_key: str) -> dict:
     """Idempotent write: the downstream takes effect once per key."""
     _latency()
@@ -83,7 +83,7 @@ def _charge_happened(args, idempotency_key):
     return Reconciled(happened=done, result={"charged": args.amount} if done else None)
 
 
-@tool(effect="write", reconcile=_charge_happened, compensation=CHAOS_UNDO)
+@tool(effect="write", reconcile=_charge_happened, compensation=CHAOS_UNDO, listed=False)
 def chaos_charge(args: Amount, *, idempotency_key: str) -> dict:
     """Non-idempotent write with a reconcile hook: the downstream can say whether key K happened."""
     _latency()
@@ -91,7 +91,7 @@ def chaos_charge(args: Amount, *, idempotency_key: str) -> dict:
     return {"charged": args.amount}
 
 
-@tool(effect="write", compensation=CHAOS_UNDO)
+@tool(effect="write", compensation=CHAOS_UNDO, listed=False)
 def chaos_notify(args: Amount, *, idempotency_key: str) -> dict:
     """Non-idempotent write, no reconcile: in doubt after a crash, a person decides."""
     _latency()
@@ -154,12 +154,12 @@ class Nothing(BaseModel):
     i: int
 
 
-@tool(effect="read")
+@tool(effect="read", listed=False)
 def bench_read(args: Nothing) -> dict:
     return {"i": args.i}
 
 
-@tool(effect="write", idempotent=True, compensation=UNDO)
+@tool(effect="write", idempotent=True, compensation=UNDO, listed=False)
 def bench_write(args: Nothing, *, idempotency_key: str) -> dict:
     return {"i": args.i}
 

@@ -1,7 +1,7 @@
-from django.contrib.auth.decorators import permission_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from runs.roles import permission_required
 from tools.demo.models import Refund, SentEmail
 
 SHOWN = 100

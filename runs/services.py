@@ -347,8 +347,9 @@ def _start_audited(agent_name, input, *, actor, idempotency_key, action, details
     try:
         with transaction.atomic():
             run = moves.start_run(agent_name, input, started_by=actor, idempotency_key=idempotency_key)
-            # A key used again returns the run it started, whose start was audited then.
-            if not run.audit.filter(action=action).exists():
+            # A key used again returns the run it started, whose start was audited then (or that
+            # someone else started: this person started nothing).
+            if run.started_by == actor.label and not run.audit.filter(action=action).exists():
                 AuditEntry.record(actor, action, run_id=run.id, details={
                     "agent": agent_name, "idempotency_key": idempotency_key, **details,
                 })

@@ -14,6 +14,7 @@ from typing import Any
 
 from django import forms
 from pydantic import ValidationError
+from pydantic.errors import PydanticInvalidForJsonSchema
 
 from runs.agents import Agent
 
@@ -40,7 +41,7 @@ def input_fields(agent: Agent):
     (the form is then one JSON text area for the whole input)."""
     try:
         schema = agent.input_adapter.json_schema()
-    except Exception:  # a type pydantic cannot describe (an arbitrary class): JSON it is
+    except PydanticInvalidForJsonSchema:  # a type pydantic cannot describe (an arbitrary class)
         return None
     properties = schema.get("properties")
     if schema.get("type") != "object" or not properties:

@@ -189,3 +189,16 @@ def test_the_service_refuses_a_person_without_the_role(viewer):
     with pytest.raises(services.ActionRefused, match="user:vera may not start runs: that needs the operator role"):
         services.start_run_by("t_order_form", {"customer": "Ann", "quantity": 1}, actor=Actor.for_user(viewer))
     assert not Run.objects.exists()
+
+
+def test_a_key_someone_else_used_returns_their_run_and_audits_nothing(client, operator):
+    from runs.moves import start_run
+    from tests.agents import TEST
+
+    theirs = start_run("t_order_form", {"customer": "Ann", "quantity": 1}, started_by=TEST, idempotency_key="shared")
+    client.force_login(operator)
+
+    response = client.post(FORM, {"in_customer": "Ann", "in_quantity": "1", "idempotency_key": "shared"})
+
+    assert response.url == f"/runs/{theirs.id}/" and Run.objects.count() == 1
+    assert not AuditEntry.objects.exists()

@@ -317,6 +317,10 @@ def _start_fork(origin, seq, *, actor, reason, edited):
 # Starting a run, in a person's name --------------------------------------------------------------
 
 
+# Who may start a run in a person's name: operators and admins (runs/roles.py).
+START_PERMISSION = "runs.start_run"
+
+
 def start_run_by(agent_name, input, *, actor, idempotency_key=None):
     """Start a run of an agent in a person's name (the start form, or a command that names a
     user), audited as `start_run`; returns the run. The same idempotency key with the same input
@@ -339,7 +343,7 @@ def run_again(run_id, *, actor, idempotency_key=None):
 
 
 def _start_audited(agent_name, input, *, actor, idempotency_key, action, details):
-    if not (actor.user is not None and actor.user.has_perm("runs.start_run")):
+    if not (actor.user is not None and actor.user.has_perm(START_PERMISSION)):
         raise ActionRefused(f"{actor.label} may not start runs: that needs the operator role")
     if agent_name == ROLLBACK_AGENT:
         # Its input is a plan an operator confirmed on the rollback page; by hand it would skip that.

@@ -16,19 +16,12 @@ from runs.agents import AGENTS, ROLLBACK_AGENT, UnknownAgent, get_agent
 from runs.models import Run
 from runs.start_form import AgentInputForm, input_fields, new_idempotency_key
 
-START_PERMISSION = "runs.start_run"
-
-
-def may_start_runs(user):
-    return user.has_perm(START_PERMISSION)
-
-
 def operators_only(view):
     """The permission to start runs (the login is the middleware's); a 403 that names the role."""
 
     @wraps(view)
     def checked(request, *args, **kwargs):
-        if not may_start_runs(request.user):
+        if not request.user.has_perm(services.START_PERMISSION):
             raise PermissionDenied("Starting runs needs the operator role.")
         return view(request, *args, **kwargs)
 

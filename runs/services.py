@@ -11,7 +11,7 @@ from django.db.models import Max
 from pydantic import ValidationError
 
 from runs import moves, rollback
-from runs.agents import InvalidInput, UnknownAgent, describe
+from runs.agents import ROLLBACK_AGENT, InvalidInput, UnknownAgent, describe
 from runs.models import AuditEntry, JournalEntry, Requested, Run, RunStatus
 from tools.registry import TOOLS
 
@@ -116,6 +116,7 @@ def available_actions(run):
         "rollback_resolve": run.status == S.COMPENSATION_FAILED,
         "cancel_and_rollback": S.CANCELLED in can_move_to and run.requested != Requested.CANCEL
         and run.status not in rollback.ROLLBACK_FROM and not run.rollback_of_id,
+        "run_again": run.is_finished and not run.rollback_of_id,
     }
 
 
@@ -311,3 +312,51 @@ def _start_fork(origin, seq, *, actor, reason, edited):
                                 details={"forked_from": str(origin.id), "seq": seq, "edited": edited})
     except (UnknownAgent, InvalidInput) as error:
         raise ActionRefused(f"the run's agent cannot start again: {error}") from None
+
+
+# Starting a run, in a person's name --------------------------------------------------------------
+
+
+# Who may start a run in a person's name: operators and admins (runs/roles.py).
+START_PERMISSION = "runs.start_run"
+
+
+def start_run_by(agent_name, input, *, actor, idempotency_key=None):
+    """Start a run of an agent in a person's name (the start form, or a command that names a
+    user), audited as `start_run`; returns the run. The same idempotency key with the same input
+    returns the run it started, audited once. ActionRefused says what is wrong: an unknown agent,
+    an input that does not fit the agent's model (each field named), a key already used."""
+    return _start_audited(agent_name, input, actor=actor, idempotency_key=idempotency_key,
+                          action="start_run", details={})
+
+
+def run_again(run_id, *, actor, idempotency_key=None):
+    """Start a new run of a finished run's agent with the same input, audited as `run_again` on
+    the new run (with the run it repeats); returns the new run. The finished run is not touched."""
+    run = Run.objects.get(id=run_id)
+    if run.rollback_of_id is not None:
+        raise ActionRefused("a rollback run cannot be run again: it undoes the writes of the run it names, once")
+    if not available_actions(run)["run_again"]:
+        raise ActionRefused(f"only a finished run can be run again; this one is {run.get_status_display().lower()}")
+    return _start_audited(run.agent, run.input, actor=actor, idempotency_key=idempotency_key,
+                          action="run_again", details={"rerun_of": str(run.id)})
+
+
+def _start_audited(agent_name, input, *, actor, idempotency_key, action, details):
+    if not (actor.user is not None and actor.user.has_perm(START_PERMISSION)):
+        raise ActionRefused(f"{actor.label} may not start runs: that needs the operator role")
+    if agent_name == ROLLBACK_AGENT:
+        # Its input is a plan an operator confirmed on the rollback page; by hand it would skip that.
+        raise ActionRefused("the rollback agent starts only from a run's Roll back… page, where its plan is confirmed")
+    try:
+        with transaction.atomic():
+            run = moves.start_run(agent_name, input, started_by=actor, idempotency_key=idempotency_key)
+            # A key used again returns the run it started, whose start was audited then (or that
+            # someone else started: this person started nothing).
+            if run.started_by == actor.label and not run.audit.filter(action=action).exists():
+                AuditEntry.record(actor, action, run_id=run.id, details={
+                    "agent": agent_name, "idempotency_key": idempotency_key, **details,
+                })
+    except (UnknownAgent, InvalidInput, moves.InvalidIdempotencyKey) as error:
+        raise ActionRefused(str(error)) from None
+    return run

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from runs import operations, views
+from runs import history, operations, starting, views
 
 app_name = "runs"
 urlpatterns = [
@@ -8,6 +8,11 @@ urlpatterns = [
     path("runs/<uuid:run_id>/", views.run_detail, name="detail"),
     path("runs/<uuid:run_id>/rollback/", views.rollback_page, name="rollback"),
     path("runs/<uuid:run_id>/rollback/resolve/", views.resolve_rollback, name="resolve_rollback"),
+    path("runs/start/", starting.choose_agent, name="start"),
+    path("runs/start/<str:agent_name>/", starting.start_form, name="start_agent"),
+    path("runs/<uuid:run_id>/history.json", history.download_history, name="history"),
+    # Before the action pattern below, which "run-again" would match too.
+    path("runs/<uuid:run_id>/run-again/", starting.run_again, name="run_again"),
     path("runs/<uuid:run_id>/<slug:action>/", views.run_action, name="action"),
     path("runs/<uuid:run_id>/steps/<int:seq>/resolve/", views.resolve_step, name="resolve"),
     path("audit/", views.audit_list, name="audit"),

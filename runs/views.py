@@ -151,6 +151,7 @@ PERMISSIONS = {
     "resume": "runs.resume_run",
     "cancel": "runs.cancel_run",
     "resolve": "runs.resolve_step",
+    "run_again": services.START_PERMISSION,
 }
 ACTIONS = {"pause": services.pause, "resume": services.resume, "cancel": services.cancel}
 

@@ -10,7 +10,9 @@ LedgerCall, the demo world's table, written in the tool's own transaction.
 import os
 import time
 from collections import Counter
+from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -591,3 +593,42 @@ def p_poison(ctx, request: Poison) -> dict:
     if request.where == "interrupt":
         raise KeyboardInterrupt()
     return first
+
+
+# The start form (runs/start_form.py): an input model with a field of each kind the form draws,
+# and an agent with no input model, whose form is one JSON text area.
+
+
+class Colour(str, Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Address(BaseModel):
+    street: str
+    city: str
+
+
+class Order(BaseModel):
+    customer: str = Field(min_length=2, description="Who placed the order.")
+    quantity: int = Field(ge=1, le=100)
+    weight_kg: float = 1.5
+    gift: bool = False
+    colour: Colour = Colour.BLUE
+    size: Literal["S", "M", "L"] | None = None
+    tags: list[str] = []
+    address: Address | None = None
+    # Named like the form's own field: the two must not mix.
+    idempotency_key: str = ""
+
+
+@agent("t_order_form")
+def t_order_form(ctx, order: Order) -> dict:
+    """Takes an order with a field of each kind the start form draws."""
+    ctx.tool("t_read", value=order.quantity)
+    return order.model_dump(mode="json")
+
+
+@agent("t_untyped")
+def t_untyped(ctx, request):
+    return request

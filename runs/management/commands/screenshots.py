@@ -1,5 +1,6 @@
 """Screenshots of the runs page, a run page, the approvals inbox, an approval page, a rollback
-plan, the workers page and the activity page, from the demo data, for docs/screenshots/.
+plan, the workers page, the activity page and the start form, from the demo data, for
+docs/screenshots/.
 
     make screenshots
 
@@ -97,6 +98,8 @@ class Command(BaseCommand):
                 page.screenshot(path=out / "approvals.png", full_page=True)
                 page.goto(f"{base}/tools/approvals/{approval.id}/")
                 page.screenshot(path=out / "approval.png", full_page=True)
+                page.goto(f"{base}/runs/start/refund_customer/")
+                page.screenshot(path=out / "start-run.png", full_page=True)
                 page.goto(f"{base}/runs/{locked.id}/rollback/")
                 page.wait_for_selector("table.plan")
                 page.screenshot(path=out / "rollback-plan.png", full_page=True)

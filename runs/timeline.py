@@ -28,6 +28,13 @@ class StepView:
     decided_by: str = ""
     # A completed write: the tool that would undo it, or "" when it is irreversible.
     undone_by: str = ""
+    # The person's decision on this step, where it needed one (tools.models.Approval).
+    approval: object = None
+
+    @property
+    def edits(self):
+        """What the approver changed in the arguments the agent asked for."""
+        return self.approval.changes if self.approval is not None else []
 
     @property
     def is_completed_write(self):
@@ -45,8 +52,9 @@ class StepView:
         return JournalEntry.Kind(self.kind).label if self.kind in JournalEntry.Kind.values else self.kind
 
 
-def build_steps(run: Run, rows):
-    """Steps in seq order from journal rows (ordered by seq, attempt, id)."""
+def build_steps(run: Run, rows, approvals=()):
+    """Steps in seq order from journal rows (ordered by seq, attempt, id), each with the
+    decision on its approval request, if it had one."""
     steps = {}
     for row in rows:
         step = steps.get(row.seq)
@@ -67,7 +75,9 @@ def build_steps(run: Run, rows):
                 step.decided_by = row.actor
         else:
             step.status = "running"
+    decided = {approval.seq: approval for approval in approvals}
     for step in steps.values():
+        step.approval = decided.get(step.seq)
         # Sensitive arguments are kept for replay and never shown.
         step.args = redact(step.name, step.args) if step.kind == JournalEntry.Kind.TOOL else step.args
         spec = TOOLS.get(step.name) if step.kind == JournalEntry.Kind.TOOL else None

@@ -59,7 +59,7 @@ def run_context(run: Run, *, user, first_seq=None):
     attempts = journal.filter(phase=JournalEntry.Phase.INTENT).aggregate(
         total=Count("id"), retried=Count("id", filter=Q(attempt__gt=1))
     )
-    steps = build_steps(run, rows)
+    steps = build_steps(run, rows, run.approvals.filter(seq__gte=first_seq, seq__lte=last_seq))
     in_doubt = next((step for step in steps if step.status == "in_doubt"), None)
     return {
         "run": run,

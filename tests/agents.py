@@ -542,3 +542,15 @@ def t_awkward_agent(ctx, request: Empty) -> dict:
     echoed = ctx.tool("t_awkward", name="a", provider="b", self=3, kind="c")
     answer = ctx.llm("scripted", provider="mine", name="x", prompt="hi")
     return {"tool": echoed, "llm": answer["content"]}
+
+
+class Waits(BaseModel):
+    seconds: float = 1
+
+
+@agent("t_waterfall")
+def t_waterfall(ctx, request: Waits) -> dict:
+    """A read, a sleep, then a delete that waits for a person: each kind of lane of the waterfall."""
+    ctx.tool("w_read", value=1, release="")
+    ctx.sleep(request.seconds)
+    return ctx.tool("t_delete", value=2)

@@ -3,10 +3,15 @@
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from runs.models import JournalEntry, Run, RunStatus, WaitKind
+from django.utils.timezone import localtime
+
+from runs.actors import Actor
+from runs.models import JournalEntry, Run, RunEvent, RunStatus, WaitKind
+from tools.models import ApprovalStatus
 from tools.registry import TOOLS, WRITING_EFFECTS, redact
 
 S = RunStatus
+A = ApprovalStatus
 P = JournalEntry.Phase
 
 
@@ -158,16 +163,21 @@ def ticks(span):
     return [(n * step / span * 100, readable_seconds(round(n * step, 3))) for n in range(count + 1)]
 
 
-def _step_lane(step, now):
+def _step_lane(step):
     name = step.name
     if step.kind == JournalEntry.Kind.SLEEP:
-        name = f"{readable_seconds(float((step.args or {}).get('seconds', 0)))}"
+        name = readable_seconds(float((step.args or {}).get("seconds", 0)))
     lane = Lane(label=f"#{step.seq} {step.kind_label.lower()} {name}".rstrip(), css=f"bar-{step.status}",
                 start=step.started_at, end=step.ended_at, seq=step.seq, is_step=True)
     if step.kind == JournalEntry.Kind.SLEEP:
         lane.is_wait, lane.css = True, f"wait wait-sleep bar-{step.status}"
-        wake_at = (step.args or {}).get("wake_at", "")
-        lane.note = "slept" if step.ended_at else f"sleeping until {wake_at[11:19]} UTC" if wake_at else "sleeping"
+        wake_at = (step.args or {}).get("wake_at")
+        if step.ended_at:
+            lane.note = "slept"
+        elif wake_at:
+            lane.note = f"sleeping until {localtime(datetime.fromisoformat(wake_at)):%H:%M:%S %Z}"
+        else:
+            lane.note = "sleeping"
     elif step.ended_at is None:
         lane.note = step.status.replace("_", " ")
     elif step.duration_ms is None:
@@ -176,18 +186,18 @@ def _step_lane(step, now):
 
 
 APPROVAL_ENDED = {
-    "approved": "approved by {by}", "denied": "denied by {by}: {reason}", "expired": "expired: nobody decided",
-    "withdrawn": "{reason}",
+    A.APPROVED: "approved by {by}", A.DENIED: "denied by {by}: {reason}", A.EXPIRED: "expired: nobody decided",
+    A.WITHDRAWN: "{reason}",
 }
 
 
 def _approval_lane(approval):
-    by = approval.decided_by.partition(":")[2] or approval.decided_by
-    if approval.status == "pending":
+    by = Actor.from_label(approval.decided_by).name or approval.decided_by
+    if approval.status == A.PENDING:
         note = f"waiting for approval of {approval.tool}"
     else:
         note = APPROVAL_ENDED.get(approval.status, approval.status).format(by=by, reason=approval.reason)
-        if approval.status == "approved" and approval.changes:
+        if approval.status == A.APPROVED and approval.changes:
             note += " with edits"
     return Lane(label=f"#{approval.seq} approval of {approval.tool}", css=f"wait wait-approval approval-{approval.status}",
                 start=approval.requested_at, end=approval.decided_at, note=note, seq=approval.seq, is_wait=True,
@@ -198,9 +208,9 @@ def _event_waits(run, events):
     """The run's stays in waiting for a freeze or a child run, from its event record."""
     lanes, open_lane = [], None
     for event in events:
-        if open_lane is not None and event.kind == "transition" and event.from_status == S.WAITING:
+        if open_lane is not None and event.kind == RunEvent.Kind.TRANSITION and event.from_status == S.WAITING:
             open_lane.end, open_lane = event.at, None
-        if event.kind == "transition" and event.to_status == S.WAITING:
+        if event.kind == RunEvent.Kind.TRANSITION and event.to_status == S.WAITING:
             details = event.details or {}
             kind, ref = details.get("wait_kind"), details.get("wait_ref", "")
             if kind not in WAIT_KINDS_FROM_EVENTS:
@@ -227,7 +237,7 @@ def waterfall(run: Run, steps, now, *, events=(), approvals=(), window=None):
     first = window.get("first", 1)
     last = window.get("last", steps[-1].seq if steps else 0)
     holds_last = window.get("later") is None
-    lanes = [_step_lane(step, now) for step in steps]
+    lanes = [_step_lane(step) for step in steps]
     lanes += [_approval_lane(a) for a in approvals
               if first <= a.seq <= last or (holds_last and a.seq > last)]
     starts = [lane.start for lane in lanes]
@@ -249,13 +259,8 @@ def waterfall(run: Run, steps, now, *, events=(), approvals=(), window=None):
         lane.width = max(MIN_BAR_PERCENT, finish - begin)
         lane.left = min(begin, 100 - lane.width)
         lane.note_after = lane.left + lane.width < 60
-        duration = _duration_text(((lane.end or now) - lane.start).total_seconds() * 1000)
-        if not lane.timed:
-            pass
-        elif lane.end is None:
-            lane.note = f"{lane.note} ({duration} so far)" if lane.note else f"{duration} so far"
-        else:
-            lane.note = f"{lane.note}, {duration}" if lane.note else duration
+        if lane.timed:
+            lane.note = _with_duration(lane.note, ((lane.end or now) - lane.start).total_seconds() * 1000, lane.end is None)
     lanes.sort(key=lambda lane: (lane.start, lane.seq or 0, not lane.is_wait))
     return {
         "lanes": lanes,
@@ -267,10 +272,10 @@ def waterfall(run: Run, steps, now, *, events=(), approvals=(), window=None):
     }
 
 
-def _duration_text(ms):
+def _with_duration(note, ms, still_going):
+    """The lane's note and how long it took: "slept, 3.0 s", "waiting for ... (2 min so far)"."""
     seconds = ms / 1000
-    if seconds < 1:
-        return f"{ms:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    return readable_seconds(seconds)
+    duration = f"{ms:.0f} ms" if seconds < 1 else f"{seconds:.1f} s" if seconds < 60 else readable_seconds(seconds)
+    if still_going:
+        return f"{note} ({duration} so far)" if note else f"{duration} so far"
+    return f"{note}, {duration}" if note else duration

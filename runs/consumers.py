@@ -21,7 +21,7 @@ from django.template.loader import render_to_string
 from runs import live
 from runs.listing import RunListing
 from runs.models import Run
-from runs.views import controls_state, run_context, state_key, steps_state
+from runs.views import controls_state, run_context, seq_param, state_key, steps_state
 from tools.context_processors import freeze_shown, pending_approval_count
 
 # A session ended or a role removed closes the socket within this many seconds.
@@ -127,8 +127,7 @@ class RunConsumer(LiveConsumer):
         self.join(live.run_group(self.run_id))
         self.accept()
         query = QueryDict(self.scope["query_string"])
-        first = query.get("from", "")
-        self.first_seq = int(first) if first.isdigit() else None
+        self.first_seq, self.last_seq = seq_param(query, "from"), seq_param(query, "to")
         # What the page was rendered with (fingerprints): until the first send, the consumer
         # knows only these, and resends a part only if it no longer matches.
         self.page_keys = {"controls": query.get("controls", ""), "steps": query.get("steps", "")}
@@ -148,7 +147,7 @@ class RunConsumer(LiveConsumer):
         if run is None:
             self.close(code=CLOSED_GONE)
             return
-        context = run_context(run, user=self.scope["user"], first_seq=self.first_seq)
+        context = run_context(run, user=self.scope["user"], first_seq=self.first_seq, last_seq=self.last_seq)
         steps, controls = steps_state(context), controls_state(context)
         if self.page_keys:  # the first send after connecting
             if state_key(controls) == self.page_keys["controls"]:

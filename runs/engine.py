@@ -130,7 +130,7 @@ def execute(lease):
         expected = isinstance(error, (ToolError, InvalidInput))
         log.info("run %s failed: %s", lease.run_id, error, exc_info=not expected)
         if isinstance(error, ToolError):
-            failure = {"type": error.type, "message": error.message}
+            failure = {"type": error.type, "message": error.message, **error.details}
         else:
             failure = {"type": type(error).__name__, "message": str(error)}
         moved = end.fail(visible(failure))

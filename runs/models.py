@@ -17,6 +17,8 @@ from django.db.models.functions import Cast, Now, Upper
 from django.urls import reverse
 from django.utils import timezone
 
+from runs.actors import Actor
+
 
 class RunStatus(models.TextChoices):
     QUEUED = "queued"
@@ -33,6 +35,8 @@ class RunStatus(models.TextChoices):
 
 
 S = RunStatus
+# The error type of a tool call an operator denied (tools.policy), as the agent and the run see it.
+DENIED = "denied"
 RUN_REFERENCE = re.compile(r"[0-9a-f-]{4,36}")
 # Statuses a run never leaves on its own. (Which moves are legal: runs.moves.TRANSITIONS.)
 FINISHED = {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.COMPENSATED, S.COMPENSATION_FAILED}
@@ -242,6 +246,17 @@ class Run(models.Model):
     @property
     def is_finished(self):
         return self.status in FINISHED
+
+    @property
+    def ended_by_denial(self):
+        """A failed run that ended because an operator said no (a denied approval the agent did
+        not handle): {"by", "tool", "reason"}, read from the error's data; None otherwise.
+        Pages show it apart from a crash."""
+        error = self.error or {}
+        if self.status != S.FAILED or error.get("type") != DENIED:
+            return None
+        return {"by": Actor.from_label(error.get("denied_by", "")).name or "an operator",
+                "tool": error.get("tool", ""), "reason": error.get("reason", "")}
 
     def get_absolute_url(self):
         return reverse("runs:detail", args=[self.id])

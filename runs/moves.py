@@ -211,8 +211,12 @@ WITH moved AS (
     WHERE id = %(run)s
     RETURNING finished_at, updated_at
 ), event AS (
-    INSERT INTO runs_runevent (run_id, at, kind, from_status, to_status, actor, reason)
-    SELECT %(run)s, now(), 'transition', %(before)s, %(to)s, %(actor)s, %(reason)s FROM moved
+    -- A move to waiting records what the run waits for, as data (the run page draws waits).
+    INSERT INTO runs_runevent (run_id, at, kind, from_status, to_status, actor, reason, details)
+    SELECT %(run)s, now(), 'transition', %(before)s, %(to)s, %(actor)s, %(reason)s,
+        CASE WHEN %(to)s = 'waiting'
+            THEN jsonb_build_object('wait_kind', %(wait_kind)s::text, 'wait_ref', %(wait_ref)s::text) END
+    FROM moved
 ), withdrawn AS (
     -- A run that left for good will never make the calls its pending requests are for.
     UPDATE tools_approval SET status = 'withdrawn', decided_by = %(actor)s, decided_at = now(),

@@ -70,10 +70,13 @@ K = JournalEntry.Kind
 class ToolError(Exception):
     """A step failed. The agent may catch it and adapt; uncaught, it fails the run."""
 
-    def __init__(self, type, message):
+    def __init__(self, type, message, details=None):
         super().__init__(f"{type}: {message}")
         self.type = type
         self.message = message
+        # What else the journal recorded about the failure (an operator's denial: who, which
+        # tool, why); an uncaught error carries it into the run's error.
+        self.details = details or {}
 
 
 # Why a run stops advancing. These are BaseExceptions so that an agent's `except Exception`
@@ -286,6 +289,11 @@ def _run_write_sql(params):
         raise JournalUnavailable(f"could not write the journal of run {params['run']}: {error}") from error
 
 
+def _details(error):
+    """A recorded error's fields beyond its type and message."""
+    return {key: value for key, value in error.items() if key not in ("type", "message", "fails_run")}
+
+
 def _json_or_null(value):
     return None if value is None else canonical_json(value)
 
@@ -364,7 +372,7 @@ class Recorder:
         if row.status == FAILED and row.error.get("fails_run"):
             raise FailRun(row.error)  # a refusal that failed the run fails it again
         if row.status == FAILED:
-            raise ToolError(row.error["type"], row.error["message"])
+            raise ToolError(row.error["type"], row.error["message"], _details(row.error))
         return row.result
 
     def _ask_policy(self, step):
@@ -408,13 +416,13 @@ class Recorder:
         return replace(step, stored_args=decision.args, call=lambda key: spec.call(model, key))
 
     def _refuse(self, step, refusal, attempt=1):
-        error = {"type": refusal.type, "message": refusal.message}
+        error = {"type": refusal.type, "message": refusal.message, **refusal.details}
         if refusal.fails_run:
             error["fails_run"] = True
         self._write(replace(step, writes_intent=False), attempt, OUTCOME, status=FAILED, error=error)
         if refusal.fails_run:
             raise FailRun(error)
-        raise ToolError(refusal.type, refusal.message)
+        raise ToolError(refusal.type, refusal.message, refusal.details)
 
     def _recover_in_doubt(self, step, intent):
         if step.idempotent:

@@ -47,34 +47,40 @@ def run_list(request: HttpRequest) -> HttpResponse:
 STEP_WINDOW = 250
 
 
-def run_context(run: Run, *, user, first_seq=None):
+def run_context(run: Run, *, user, first_seq=None, last_seq=None):
     """What the run page shows. Its steps come in windows of STEP_WINDOW, the latest first, so
-    a run of thousands of steps opens as fast as a short one."""
+    a run of thousands of steps opens as fast as a short one; first_seq and last_seq choose a
+    window (the waterfall's zoom)."""
     journal = JournalEntry.objects.filter(run=run)
     step_count = journal.aggregate(last=Max("seq"))["last"] or 0
+    zoomed = last_seq is not None and last_seq >= 1
     if first_seq is None or first_seq < 1:
-        first_seq = max(1, step_count - STEP_WINDOW + 1)
-    last_seq = first_seq + STEP_WINDOW - 1
+        first_seq = max(1, (last_seq if zoomed else step_count) - STEP_WINDOW + 1)
+    last_seq = min(last_seq, first_seq + STEP_WINDOW - 1) if zoomed and last_seq >= first_seq else first_seq + STEP_WINDOW - 1
     rows = list(journal.filter(seq__gte=first_seq, seq__lte=last_seq).order_by("seq", "attempt", "id"))
     attempts = journal.filter(phase=JournalEntry.Phase.INTENT).aggregate(
         total=Count("id"), retried=Count("id", filter=Q(attempt__gt=1))
     )
-    steps = build_steps(run, rows)
+    approvals = list(run.approvals.all())
+    steps = build_steps(run, rows, [a for a in approvals if first_seq <= a.seq <= last_seq])
     in_doubt = next((step for step in steps if step.status == "in_doubt"), None)
+    events = list(run.events.all())
+    window = {
+        "first": first_seq,
+        "last": min(last_seq, step_count),
+        "earlier": max(1, first_seq - STEP_WINDOW) if first_seq > 1 else None,
+        "later": last_seq + 1 if last_seq < step_count else None,
+        "zoomed": zoomed or first_seq > 1,
+    }
     return {
         "run": run,
         "steps": steps,
         "step_count": step_count,
         "attempts": attempts,
-        "window": {
-            "first": first_seq,
-            "last": min(last_seq, step_count),
-            "earlier": max(1, first_seq - STEP_WINDOW) if first_seq > 1 else None,
-            "later": last_seq + 1 if last_seq < step_count else None,
-        },
+        "window": window,
         "last_row_id": max((row.id for row in rows), default=0),
-        "waterfall": waterfall(run, steps, timezone.now()),
-        "events": list(run.events.all()),
+        "waterfall": waterfall(run, steps, timezone.now(), events=events, approvals=approvals, window=window),
+        "events": events,
         "children": _children_tree(run),
         **fork_context(run, user),
         "in_doubt": in_doubt,
@@ -131,13 +137,19 @@ def _children_tree(run):
 @permission_required("runs.view_run", raise_exception=True)
 def run_detail(request: HttpRequest, run_id) -> HttpResponse:
     run = _get_run(run_id)
-    first = request.GET.get("from", "")
-    context = run_context(run, user=request.user, first_seq=int(first) if first.isdigit() else None)
+    first, last = seq_param(request.GET, "from"), seq_param(request.GET, "to")
+    context = run_context(run, user=request.user, first_seq=first, last_seq=last)
     context["shown"] = urlencode({
         "controls": state_key(controls_state(context)), "steps": state_key(steps_state(context)),
-        **({"from": first} if first else {}),
+        **({"from": first} if first else {}), **({"to": last} if last else {}),
     })
     return render(request, "runs/detail.html", context)
+
+
+def seq_param(params, name):
+    """A step number from the query (?from=SEQ&to=SEQ choose the window), or None."""
+    value = params.get(name, "")
+    return int(value) if value.isdigit() and int(value) >= 1 else None
 
 
 # Operator actions: each a POST with CSRF, permission-checked, audited, refused with a message

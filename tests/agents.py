@@ -632,3 +632,15 @@ def t_order_form(ctx, order: Order) -> dict:
 @agent("t_untyped")
 def t_untyped(ctx, request):
     return request
+
+
+class Waits(BaseModel):
+    seconds: float = 1
+
+
+@agent("t_waterfall")
+def t_waterfall(ctx, request: Waits) -> dict:
+    """A read, a sleep, then a delete that waits for a person: each kind of lane of the waterfall."""
+    ctx.tool("w_read", value=1, release="")
+    ctx.sleep(request.seconds)
+    return ctx.tool("t_delete", value=2)

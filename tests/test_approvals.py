@@ -8,7 +8,7 @@ from django.utils import timezone
 from runs import moves
 from runs.actors import Actor
 from runs.engine import advance_run, wait_until_settled
-from runs.models import AuditEntry, JournalEntry, Run
+from runs.models import AuditEntry, JournalEntry, Run, RunEvent
 from runs.moves import claim, start_run
 from runs.sweeper import sweep
 from runs.waits import WaitFor
@@ -70,6 +70,56 @@ def test_approve_with_edited_arguments_runs_what_was_approved(admin_user):
     assert outcome.result == {"charged": 2, "card_ends": "11"}  # edited value, the real card
     intent = JournalEntry.objects.get(run=run, seq=1, phase="intent")
     assert intent.args["value"] == 2
+
+
+def test_an_edit_is_shown_as_a_diff_on_the_step_the_approval_the_record_and_the_audit(client, admin_user):
+    """Fault found by a new user: approving with edits left no trace; the step showed the edited
+    value and nothing said that an operator had changed 12900 to 100."""
+    run = guarded_run()
+    approval = Approval.objects.get(run=run)
+    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash,
+           edited_args_text='{"value": 2, "card_number": "***"}')
+    advance_run(run.id)
+
+    entry = AuditEntry.objects.get(action="approval_approved")
+    assert entry.details["changes"] == [{"field": "value", "from": 5, "to": 2}]
+    assert entry.details["args"] == {"value": 5, "card_number": "***"}  # what the agent asked, redacted
+    assert RunEvent.objects.filter(run=run, reason="approval of step 1 approved with edits: value 5 → 2").exists()
+    diff = '<code>value</code> <del>5</del> → <ins>2</ins>'
+    client.force_login(admin_user)
+    step = client.get(f"/runs/{run.id}/").content.decode().split('id="step-1"')[1].split("</li>")[0]
+    assert "approved with edits by user:ada" in step and diff in step
+    assert diff in client.get(f"/tools/approvals/{approval.id}/").content.decode()
+    assert diff in client.get("/audit/").content.decode()
+
+
+def test_a_run_an_operators_denial_ended_is_shown_as_such_not_as_a_crash(client, operator, admin_user):
+    """Fault found by a new user: a run that failed because an operator said no was a red
+    failure like any crash. The run's error records the denial as data (who, which tool, why),
+    and the run page and the runs list say "ended: NAME denied TOOL: REASON"."""
+    run = guarded_run()  # t_guarded does not catch a denial of its first call
+    approval = Approval.objects.get(run=run)
+    decide(approval.id, "deny", actor=Actor.for_user(admin_user), reason="card reported stolen",
+           shown_hash=approval.args_hash)
+    advance_run(run.id)
+
+    run = Run.objects.get(id=run.id)
+    assert run.status == "failed"
+    assert run.error == {"type": "denied", "message": "denied by operator: card reported stolen",
+                         "tool": "t_irreversible", "seq": 1, "denied_by": "user:ada", "reason": "card reported stolen"}
+    assert run.ended_by_denial == {"by": "ada", "tool": "t_irreversible", "reason": "card reported stolen"}
+    client.force_login(operator)
+    ended = "ended: ada denied t_irreversible: card reported stolen"
+    header = client.get(f"/runs/{run.id}/").content.decode().split('id="run-header"')[1].split("</section>")[0]
+    assert ended in header and "status-denied" in header
+    row = client.get("/").content.decode().split(f'id="run-{run.id}"')[1].split("</tr>")[0]
+    assert ended in row and "status-denied" in row
+
+    crashed = start_run("t_contract_breaker", {}, started_by=TEST)
+    advance_run(crashed.id)
+    assert Run.objects.get(id=crashed.id).ended_by_denial is None
+    row = client.get("/").content.decode().split(f'id="run-{crashed.id}"')[1].split("</tr>")[0]
+    assert "status-denied" not in row and "ended:" not in row
 
 
 def test_an_edit_that_fails_the_schema_is_refused_and_changes_nothing(admin_user):

@@ -24,7 +24,7 @@ from runs.actors import EXPIRY, Actor
 from runs.agents import describe
 from runs.moments import moment_text
 from runs.models import AuditEntry, Run, WaitKind
-from tools.models import Approval, ApprovalStatus, Tool
+from tools.models import Approval, ApprovalStatus, Tool, describe_changes
 from tools.registry import DEFAULT_APPROVAL_EXPIRY_SECONDS, REDACTED, TOOLS, redact
 
 A = ApprovalStatus
@@ -112,7 +112,8 @@ def decide(approval_id, decision, *, actor, reason="", edited_args_text=None, sh
             _decided(approval, A.APPROVED if decision == "approve" else A.DENIED, actor, reason)
             AuditEntry.record(
                 actor, f"approval_{approval.status}", run_id=approval.run_id, reason=reason,
-                details={"seq": approval.seq, "tool": approval.tool, "edited_args": approval.edited_args},
+                details={"seq": approval.seq, "tool": approval.tool, "args": approval.args,
+                         "edited_args": approval.edited_args, "changes": approval.changes},
             )
     if expired:
         raise ApprovalError(f"this request expired at {moment_text(approval.expires_at)}; the agent was told so")
@@ -150,10 +151,9 @@ def _decided(approval, status, actor, reason):
     # The run's page shows the decision even while the run is not waiting yet.
     live.changed(approval.run_id)
     live.chrome_changed()
-    transaction.on_commit(lambda: moves.wake(
-        approval.run_id, WaitKind.APPROVAL, approval.id, actor=actor,
-        reason=f"approval of step {approval.seq} {status}",
-    ))
+    edits = approval.changes
+    why = f"approval of step {approval.seq} {status}" + (f" with edits: {describe_changes(edits)}" if edits else "")
+    transaction.on_commit(lambda: moves.wake(approval.run_id, WaitKind.APPROVAL, approval.id, actor=actor, reason=why))
 
 
 def _expire(approval):

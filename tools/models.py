@@ -1,5 +1,6 @@
 """The registry as the database knows it, who may call what, the freeze and approvals."""
 
+import json
 from typing import NamedTuple
 
 from django.core.exceptions import ValidationError
@@ -294,3 +295,42 @@ class Approval(models.Model):
 
     def __str__(self):
         return f"{self.tool} for run {self.run_id} step {self.seq}: {self.status}"
+
+    @property
+    def changes(self):
+        """What the approver changed in the arguments (see argument_changes); empty if nothing."""
+        return argument_changes(self.args, self.edited_args)
+
+
+def argument_changes(before, after):
+    """The fields an edit changed, as {"field", "from", "to"}; a field the edit left out has no
+    "to" (the tool's default applies), a field it added no "from". Both sides as shown to people
+    (secrets stay ***). Empty when there was no edit, or it changed nothing."""
+    if after is None:
+        return []
+    changes = []
+    for field in sorted(set(before) | set(after)):
+        change = {"field": field}
+        if field in before:
+            change["from"] = before[field]
+        if field in after:
+            change["to"] = after[field]
+        if change.get("from", change) != change.get("to", change):
+            changes.append(change)
+    return changes
+
+
+def describe_changes(changes):
+    """The changes as one line for people: amount_cents 12900 → 100, note (added) "x"."""
+    def shown(value):
+        return json.dumps(value, ensure_ascii=False)
+
+    parts = []
+    for change in changes:
+        if "from" not in change:
+            parts.append(f"{change['field']} (added) {shown(change['to'])}")
+        elif "to" not in change:
+            parts.append(f"{change['field']} {shown(change['from'])} (removed)")
+        else:
+            parts.append(f"{change['field']} {shown(change['from'])} → {shown(change['to'])}")
+    return ", ".join(parts)

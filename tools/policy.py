@@ -14,10 +14,11 @@ the cap on calls per run, and approval. The answer is one of:
 Rules and the freeze are read once per advance of a run (one Policy per advance).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.utils import timezone
 
+from runs.models import DENIED
 from runs.waits import WaitFor
 from tools import approvals
 from tools.models import ApprovalStatus, FreezeState, Rule, Tool, ToolPermission
@@ -36,6 +37,8 @@ class Refuse:
     type: str
     message: str
     fails_run: bool = False
+    # Recorded with the error, as data: for a denial, who denied which call and why.
+    details: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,9 @@ class Policy:
         if approval.status == A.PENDING:
             return Hold(WaitFor.approval(approval))
         if approval.status == A.DENIED:
-            return Refuse("denied", f"denied by operator: {approval.reason}")
+            return Refuse(DENIED, f"denied by operator: {approval.reason}", details={
+                "tool": spec.name, "seq": seq, "denied_by": approval.decided_by, "reason": approval.reason,
+            })
         if approval.status == A.EXPIRED:
             return Refuse("approval_expired", f"nobody approved the call to {spec.name!r} before the request expired")
         return self._approved_arguments(spec, approval)

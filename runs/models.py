@@ -135,6 +135,7 @@ class Run(models.Model):
             ("rollback_run", "Can roll back a run"),
             ("fork_run", "Can fork a run from one of its steps"),
             ("resolve_step", "Can resolve a step whose outcome is in doubt"),
+            ("start_run", "Can start a run"),
         ]
         constraints = [
             models.CheckConstraint(

@@ -20,6 +20,7 @@ _ACT_ON_RUNS = [
     "runs.rollback_run",
     "runs.fork_run",
     "runs.resolve_step",
+    "runs.start_run",
 ]
 _MANAGE_USERS = [
     "auth.view_user",

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
+from runs.health import beat
 from runs.sweeper import sweep
 from runs.processes import stop_requested
 
@@ -26,6 +27,8 @@ class Command(BaseCommand):
             close_old_connections()
             try:
                 handed_back = sweep()
+                # A pass completed: `manage.py health sweeper` checks these beats.
+                beat("sweeper")
             except Exception:
                 # Postgres or Redis may be away for a moment: try again at the next pass.
                 log.exception("sweep failed")

@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand
 from django.db import connections
 
 from runs import live
+from runs.health import BeatingThread
 from runs.queue import run_queue
 from runs.workers import worker_class
 
@@ -44,6 +45,8 @@ class Command(BaseCommand):
             [queue], connection=queue.connection,
             name=name or f"{socket.gethostname()}-{time.time_ns()}",
         )
+        # `manage.py health worker` checks these beats (docker-compose.yml's healthcheck).
+        BeatingThread("worker").start()
         try:
             worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING")
         finally:

@@ -190,3 +190,19 @@ def test_the_readme_command_works_in_a_second_terminal_with_the_env_make_up_wrot
     run = Run.objects.get()
     assert result.stdout.strip() == f"run {run.id} queued"
     assert run.started_by == "user:otto"
+
+
+def test_a_command_in_a_shell_without_settings_says_what_to_set_in_one_line():
+    """What the README's second-terminal command printed before: a traceback, then the error."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", "start_run", "refund_customer"], cwd=PROJECT_DIR, capture_output=True,
+        text=True, env={"PATH": "/usr/bin:/bin", "DOTENV_FILE": ""},
+    )
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "agentops is not configured: SECRET_KEY is not set and DEBUG is off: give it a long random string, "
+        f"or turn DEBUG on for local use: set SECRET_KEY in {PROJECT_DIR / '.env'} (`make up` writes one; "
+        ".env.example lists every variable)"
+    )

@@ -85,7 +85,7 @@ class Command(BaseCommand):
         processes = self.start_all(commands)
         self.stdout.write(self.style.SUCCESS(f"agentops is at http://{host}:{port}/"))
         self.stdout.write("Press Ctrl-C to stop the web server and the workers.")
-        changed = CodeWatcher(watched_folders(), stopping).start() if reload else None
+        changed = CodeWatcher(watched_paths(), stopping).start() if reload else None
         if reload:
             self.stdout.write("Reloading when Python code changes (--no-reload to turn it off).")
         failed = None
@@ -141,24 +141,28 @@ class Command(BaseCommand):
                 pass
 
 
-def watched_folders():
-    """The project's packages, and the folder of each agent module outside them."""
-    folders = {settings.BASE_DIR / package for package in PROJECT_PACKAGES}
+def watched_paths():
+    """The project's packages, and each agent module outside them: its package's folder, or the
+    file itself for a module that is a lone file (beside manage.py, say: watching its folder
+    would watch the whole checkout, .venv included)."""
+    paths = {settings.BASE_DIR / package for package in PROJECT_PACKAGES}
     for module in settings.AGENT_MODULES:
         spec = importlib.util.find_spec(module)
-        if spec is not None and spec.origin:
-            folder = Path(spec.origin).resolve().parent
-            if not any(folder.is_relative_to(known) for known in folders):
-                folders.add(folder)
-    return sorted(folders)
+        if spec is None or not spec.origin:
+            continue
+        origin = Path(spec.origin).resolve()
+        path = origin if "." not in module and spec.submodule_search_locations is None else origin.parent
+        if not any(path.is_relative_to(known) for known in paths):
+            paths.add(path)
+    return sorted(paths)
 
 
 class CodeWatcher(threading.Thread):
-    """Sets `changed` when a .py file under the folders changes (watchfiles: inotify on Linux)."""
+    """Sets `changed` when a .py file under the paths changes (watchfiles: inotify on Linux)."""
 
-    def __init__(self, folders, stopping):
+    def __init__(self, paths, stopping):
         super().__init__(daemon=True, name="code-watcher")
-        self.folders = folders
+        self.paths = paths
         self.stopping = stopping
         self.changed = threading.Event()
 
@@ -167,5 +171,5 @@ class CodeWatcher(threading.Thread):
         return self.changed
 
     def run(self):
-        for _ in watch(*self.folders, watch_filter=PythonFilter(), stop_event=self.stopping):
+        for _ in watch(*self.paths, watch_filter=PythonFilter(), stop_event=self.stopping):
             self.changed.set()

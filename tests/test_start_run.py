@@ -10,7 +10,6 @@ import pytest
 from runs.agents import InvalidInput, UnknownAgent
 from runs.moves import InvalidIdempotencyKey, start_run
 from runs.models import Run, RunEvent
-from runs.actors import CLI
 from tests.agents import TEST
 from tests.conftest import PROJECT_DIR, subprocess_env
 
@@ -63,12 +62,12 @@ def test_the_same_key_with_another_input_is_refused():
 
 @pytest.mark.django_db
 def test_a_new_run_is_queued_with_its_creation_recorded():
-    run = start_run("refund_customer", {"order_id": "A-1001"}, started_by=CLI)
+    run = start_run("refund_customer", {"order_id": "A-1001"}, started_by=TEST)
 
     assert run.status == "queued"
     assert run.input == {"order_id": "A-1001", "think_seconds": 3.0}  # defaults filled in
     event = RunEvent.objects.get(run=run)
-    assert (event.kind, event.to_status, event.actor) == ("created", "queued", "cli")
+    assert (event.kind, event.to_status, event.actor) == ("created", "queued", "system:test")
 
 
 def manage(*args, env=None):

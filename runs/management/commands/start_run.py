@@ -67,7 +67,7 @@ class Command(BaseCommand):
             run = Run.objects.get(id=run.id)
             outcomes = JournalEntry.objects.filter(run=run, phase=JournalEntry.Phase.OUTCOME).order_by("id")
             for entry in outcomes[shown_outcomes:]:
-                what = " ".join(part for part in (entry.get_kind_display(), entry.name, entry.status) if part)
+                what = " ".join(part for part in (entry.get_kind_display().lower(), entry.name, entry.status) if part)
                 self.stdout.write(f"  step {entry.seq}: {what}")
                 shown_outcomes += 1
                 last_line_at = time.monotonic()

@@ -195,6 +195,16 @@ def test_in_debug_a_code_change_restarts_the_workers_and_names_the_replay_check(
         assert second.returncode == 0, second.stdout + second.stderr
         assert json.loads(second.stdout.splitlines()[-1]) == {"version": 2}
         assert not workers_before & set(children_of(process.pid))
+
+        # Code saved half-written: the restarted processes die; serve waits for the next change.
+        (tmp_path / "reload_probe_agents.py").write_text("def broken(:\n")
+        wait_for(lambda: "waiting for a code change to start again" in log_path.read_text(), timeout=60,
+                 what="serve to wait for a fix")
+        assert process.poll() is None
+        write_probe(tmp_path, 3)
+        third = run_probe(env, "--wait", "--timeout", "60")
+        assert third.returncode == 0, third.stdout + third.stderr
+        assert json.loads(third.stdout.splitlines()[-1]) == {"version": 3}
     finally:
         stop(process)
         empty_run_queue()

@@ -97,6 +97,17 @@ class Command(BaseCommand):
             for name, process in processes.items():
                 if process.poll() is not None:
                     failed = name
+            if failed and reload:
+                # Under reload, a child that dies is most often code saved half-written: wait
+                # for the next change rather than ending `make up`.
+                self.stdout.write(self.style.ERROR(
+                    f"{failed} exited with status {processes[failed].returncode}: stopped everything; "
+                    "waiting for a code change to start again (Ctrl-C to quit)"
+                ))
+                self.stop_all(processes)
+                while not (changed.is_set() or stopping.is_set()):
+                    stopping.wait(0.2)
+                failed = None
         self.stop_all(processes)
         if failed:
             raise CommandError(f"{failed} exited with status {processes[failed].returncode}")

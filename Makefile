@@ -7,19 +7,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# `make up` is the local path: DEBUG on unless the environment says otherwise.
-up: export DEBUG ?= 1
+# `make up` is the local path: its settings are in .env (DEBUG and the demo on, a key of its
+# own), which it writes on its first run and never overwrites, so that a manage.py command in
+# any other shell sees the same settings (agentops/settings.py reads .env).
 screenshots: export DEBUG ?= 1
 # The demo agents and their tables (tools/demo) load only where asked for: the local path, the
 # screenshots and the suite (whose workers run the chaos agent and count calls in its ledger).
-up: export DEMO ?= 1
 screenshots: export DEMO ?= 1
 test: export DEMO ?= 1
-# The suite runs as production does, DEBUG off, with a key of its own.
+# The suite runs as production does, DEBUG off, with a key of its own, and never reads the
+# developer's .env (an empty DOTENV_FILE: no file), so what it tests is what it sets.
 test: export DEBUG ?= 0
 test: export SECRET_KEY ?= insecure-key-for-the-test-suite-only
+test: export DOTENV_FILE =
 
-.PHONY: up test services chromium screenshots clean
+.PHONY: up test services chromium screenshots clean local-env
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +31,11 @@ $(STAMP): pyproject.toml
 services: $(STAMP)
 	$(PY) manage.py services
 
-up: services
+# The local .env, written once; an existing one is left as it is.
+local-env: $(STAMP)
+	$(PY) -m agentops.localenv
+
+up: local-env services
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py seed_demo
 	$(PY) manage.py serve

@@ -1,8 +1,15 @@
 """Settings for agentops: one file, every value from an environment variable.
 
+The variables come from the environment, and from the checkout's `.env` file where the
+environment does not set them (`make up` writes one on its first run: agentops/localenv.py), so
+every manage.py command in any shell sees the configuration the server has. DOTENV_FILE, from
+the real environment only, names another file to read, or none when empty: the test suite and
+the processes it starts (runs.processes.project_env) set it empty, so a developer's .env never
+changes what they test.
+
 The helpers below reject values they do not understand, so a typo fails at start-up with a
-message that names the variable, instead of quietly meaning "off". Every variable read here is
-listed in .env.example (a test keeps the two in step).
+message that names the variable and where to change it, instead of quietly meaning "off".
+Every variable read here is listed in .env.example (a test keeps the two in step).
 """
 
 import os
@@ -10,12 +17,47 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
+from dotenv import dotenv_values
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # Names of every environment variable these settings read, for the tests of .env.example and
 # docker-compose.yml.
-ENVIRONMENT_VARIABLES = set()
+ENVIRONMENT_VARIABLES = {"DOTENV_FILE"}
+
+
+def read_dotenv_file():
+    """Put the .env file's variables into the environment, where it does not set them already
+    (so the server's child processes inherit them). Returns the file read, or None."""
+    name = os.environ.get("DOTENV_FILE", ".env")
+    if not name:
+        return None
+    path = BASE_DIR / name  # an absolute DOTENV_FILE stays as it is
+    if not path.is_file():
+        return None
+    for key, value in dotenv_values(path).items():
+        if key not in os.environ and value is not None:
+            os.environ[key] = value
+            _FROM_DOTENV.add(key)
+    return path
+
+
+_FROM_DOTENV = set()
+DOTENV_PATH = read_dotenv_file()
+
+
+def where_to_set(name):
+    """Where a person changes the variable: the .env file it came from, or the environment."""
+    if name in _FROM_DOTENV:
+        return f"edit {name} in {DOTENV_PATH}"
+    if name in os.environ:
+        return f"change {name} in the environment (it overrides {DOTENV_PATH or '.env'})"
+    return f"set {name} in {DOTENV_PATH or BASE_DIR / '.env'} (`make up` writes one; .env.example lists every variable)"
+
+
+def refused(name, message):
+    """The error for a variable's value, saying where to change it."""
+    return ImproperlyConfigured(f"{message}: {where_to_set(name)}")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -34,9 +76,7 @@ def envbool(name, default):
         return True
     if value.strip().lower() in _FALSE:
         return False
-    raise ImproperlyConfigured(
-        f"{name}={value!r} is not understood: use one of 1, true, yes, on, 0, false, no, off"
-    )
+    raise refused(name, f"{name}={value!r} is not understood (use one of 1, true, yes, on, 0, false, no, off)")
 
 
 def envint(name, default):
@@ -46,7 +86,7 @@ def envint(name, default):
     try:
         return int(value)
     except ValueError:
-        raise ImproperlyConfigured(f"{name}={value!r} is not a whole number") from None
+        raise refused(name, f"{name}={value!r} is not a whole number") from None
 
 
 def envlist(name, default):
@@ -60,23 +100,23 @@ def database_from_url(name, url):
     """Django's DATABASES entry for a postgres:// URL; any other scheme is an error."""
     parts = urlsplit(url)
     if parts.scheme not in ("postgres", "postgresql"):
-        raise ImproperlyConfigured(
-            f"{name}={url!r}: only postgres:// URLs are supported "
+        raise refused(
+            name, f"{name}={url!r}: only postgres:// URLs are supported "
             "(for example postgres://postgres@127.0.0.1:5432/agentops)"
         )
     database = unquote(parts.path.lstrip("/"))
     if not database:
-        raise ImproperlyConfigured(f"{name}={url!r} names no database after the host")
+        raise refused(name, f"{name}={url!r} names no database after the host")
     try:
         port = parts.port
     except ValueError:
-        raise ImproperlyConfigured(f"{name}={url!r} has a port that is not a number") from None
+        raise refused(name, f"{name}={url!r} has a port that is not a number") from None
     options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
     # The journal's writes are prepared statements (runs/recorder.py). Behind a pooler that
     # cannot keep them (PgBouncer in transaction mode), add ?prepare_threshold=none to the URL.
     threshold = options.pop("prepare_threshold", "5").strip().lower()
     if threshold not in ("none", "") and not threshold.isdigit():
-        raise ImproperlyConfigured(f"{name}: prepare_threshold={threshold!r} is not a number or none")
+        raise refused(name, f"{name}: prepare_threshold={threshold!r} is not a number or none")
     options["prepare_threshold"] = None if threshold in ("none", "") else int(threshold)
     return {
         "ENGINE": "django.db.backends.postgresql",
@@ -95,9 +135,7 @@ def database_from_url(name, url):
 def redis_url(name, default):
     url = env(name, default)
     if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise ImproperlyConfigured(
-            f"{name}={url!r}: expected a redis:// URL (for example redis://127.0.0.1:6379/0)"
-        )
+        raise refused(name, f"{name}={url!r}: expected a redis:// URL (for example redis://127.0.0.1:6379/0)")
     return url
 
 
@@ -109,10 +147,14 @@ DEMO = envbool("DEMO", False)
 SECRET_KEY = env("SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured(
-            "SECRET_KEY is not set: set it to a long random string, or set DEBUG=1 for local use"
+        raise refused(
+            "SECRET_KEY", "SECRET_KEY is not set and DEBUG is off: give it a long random string, "
+            "or turn DEBUG on for local use"
         )
     SECRET_KEY = "insecure-local-development-key-do-not-use-in-production"
+
+# Where people open the dashboard, for the links commands print (start_run --wait).
+SITE_URL = env("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
@@ -222,20 +264,20 @@ for _module in AGENT_MODULES:
     # not in a traceback from the app registry. (tools.demo and tools.proving: names before
     # issue 8; the first would now load nothing, quietly.)
     if _module in ("tools.demo", "tools.proving"):
-        raise ImproperlyConfigured(
-            f"AGENT_MODULES names {_module!r}, which has moved: the demo's agents are in "
+        raise refused(
+            "AGENT_MODULES", f"AGENT_MODULES names {_module!r}, which has moved: the demo's agents are in "
             f"{','.join(DEMO_AGENT_MODULES)}, loaded by default when DEMO=1"
         )
     if _module.startswith("tools.demo.") and not DEMO:
-        raise ImproperlyConfigured(
-            f"AGENT_MODULES names {_module!r}, a module of the demo, but DEMO is off: "
-            "set DEMO=1, or take the demo's modules out of AGENT_MODULES"
+        raise refused(
+            "AGENT_MODULES", f"AGENT_MODULES names {_module!r}, a module of the demo, but DEMO is off "
+            "(set DEMO=1, or take the demo's modules out of AGENT_MODULES)"
         )
 # How long a worker's claim on a run lasts without a heartbeat. A run whose worker died is
 # taken over this long after the last heartbeat (heartbeats come three times per lease).
 RUN_LEASE_SECONDS = envint("RUN_LEASE_SECONDS", 30)
 if RUN_LEASE_SECONDS < 1:
-    raise ImproperlyConfigured(f"RUN_LEASE_SECONDS={RUN_LEASE_SECONDS} must be at least 1")
+    raise refused("RUN_LEASE_SECONDS", f"RUN_LEASE_SECONDS={RUN_LEASE_SECONDS} must be at least 1")
 # How often the sweeper looks for expired leases and overdue wake-ups.
 # A run whose lease lapses this many times in a row without a step finishing (its worker died
 # at the same place each time: a crash, an out-of-memory kill) needs attention instead of
@@ -246,7 +288,7 @@ if RUN_LOST_LEASES_LIMIT < 1:
 
 SWEEP_INTERVAL_SECONDS = envint("SWEEP_INTERVAL_SECONDS", 5)
 if SWEEP_INTERVAL_SECONDS < 1:
-    raise ImproperlyConfigured(f"SWEEP_INTERVAL_SECONDS={SWEEP_INTERVAL_SECONDS} must be at least 1")
+    raise refused("SWEEP_INTERVAL_SECONDS", f"SWEEP_INTERVAL_SECONDS={SWEEP_INTERVAL_SECONDS} must be at least 1")
 
 # Whether a worker runs each job in a forked work horse (RQ's Worker: a new process, database
 # connection and Redis connection per job) or in itself (RQ's SimpleWorker, keeping its

@@ -26,9 +26,14 @@ def database_url():
 
 
 def project_env(**extra):
-    """The environment for a project process that must use this process's database."""
+    """The environment for a project process that must use this process's database.
+
+    Its settings are all here (or in this process's environment): it reads no .env file, so a
+    developer's .env in the checkout cannot change a process the tests or the chaos run start.
+    """
     env = dict(os.environ)
     env.update(
+        DOTENV_FILE="",
         DATABASE_URL=database_url(),
         REDIS_URL=settings.REDIS_URL,
         SECRET_KEY=settings.SECRET_KEY,

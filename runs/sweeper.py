@@ -14,7 +14,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 
-from runs import moves, queue
+from runs import health, moves, queue
 from runs.actors import SWEEPER
 from runs.models import FINISHED, JournalEntry, Run, RunStatus, WaitKind
 from runs.outages import Outage
@@ -55,26 +55,21 @@ def sweep():
     return handed_back
 
 
-def _last_pass_key():
-    # Named after the database, as the run queue is: two checkouts never read each other's.
-    return f"agentops:sweeper:last-pass:{connection.settings_dict['NAME']}"
-
-
 def _record_pass():
-    """Remember when this pass ended (in Redis: one key, no table to grow), for
-    last_sweep_at."""
+    """A pass completed: beat for `manage.py health sweeper` and the workers page (one record of
+    the sweeper's passes, runs.health)."""
     try:
-        queue.redis_connection().set(_last_pass_key(), timezone.now().isoformat())
+        health.beat("sweeper")
     except redis.RedisError as error:
         redis_outage.failed(error)
 
 
 def last_sweep_at():
-    """When the sweeper's last pass ended (any sweeper of this database), or None if none has
-    been recorded. A sweeper runs every SWEEP_INTERVAL_SECONDS; a much older pass means it
+    """When the sweeper's last pass ended (any sweeper of this database, within the beats Redis
+    keeps), or None. A sweeper runs every SWEEP_INTERVAL_SECONDS; a much older pass means it
     stopped."""
-    value = queue.redis_connection().get(_last_pass_key())
-    return None if value is None else datetime.fromisoformat(value.decode()).astimezone(dt_timezone.utc)
+    beats = health.last_beats("sweeper")
+    return datetime.fromtimestamp(max(beats.values()), dt_timezone.utc) if beats else None
 
 
 def _part(fn, *args, **kwargs):

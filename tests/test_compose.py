@@ -50,3 +50,26 @@ def test_every_variable_it_sets_is_one_the_settings_read(name):
 
     assert environment <= settings.ENVIRONMENT_VARIABLES, environment - settings.ENVIRONMENT_VARIABLES
     assert {"DATABASE_URL", "REDIS_URL", "SECRET_KEY"} <= environment
+
+
+@pytest.mark.parametrize("name", ["postgres", "redis", "web", "worker", "sweeper"])
+def test_each_service_restarts_unless_stopped(name):
+    assert SERVICES[name]["restart"] == "unless-stopped"
+
+
+@pytest.mark.parametrize("name", ["worker", "sweeper"])
+def test_the_worker_and_the_sweeper_are_checked_by_their_heartbeat(name):
+    """Fault 14 (issue 10): their healthchecks passed whether the process lived or not.
+    tests/test_health.py runs the command against real processes."""
+    test = SERVICES[name]["healthcheck"]["test"]
+
+    assert test[0] == "CMD"
+    assert test[1:5] == ["python", "manage.py", "health", name]
+    assert "health" in get_commands()
+
+
+def test_the_image_leaves_out_the_local_files():
+    ignored = {line.strip() for line in (PROJECT_DIR / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+
+    assert {".venv/", ".git/", ".data/", ".env", "**/__pycache__/", "test-results/"} <= ignored

@@ -19,28 +19,29 @@ def finished_run():
     return run
 
 
-def test_it_prints_the_new_run_and_acts_as_the_cli():
+def test_it_prints_the_new_run_and_acts_as_the_user_it_names(operator):
     run = finished_run()
     out = StringIO()
 
-    call_command("fork_run", str(run.id), "1", "--reason", "wrong receipt", "--result", '{"receipt_id": 9}', stdout=out)
+    call_command("fork_run", str(run.id), "1", "--reason", "wrong receipt", "--result", '{"receipt_id": 9}',
+                 "--user", "otto", stdout=out)
 
     fork = Run.objects.get(forked_from=run)
     assert out.getvalue().strip() == str(fork.id)
-    assert fork.started_by == "cli"
+    assert fork.started_by == "user:otto"
     assert JournalEntry.objects.get(run=fork).result == {"receipt_id": 9}
-    assert (AuditEntry.objects.get().username, AuditEntry.objects.get().action) == ("cli", "fork")
+    assert (AuditEntry.objects.get().username, AuditEntry.objects.get().action) == ("otto", "fork")
 
 
-def test_a_refusal_is_a_command_error():
+def test_a_refusal_is_a_command_error(operator):
     run = finished_run()
 
     with pytest.raises(CommandError, match="forking needs a reason"):
-        call_command("fork_run", str(run.id), "1")
+        call_command("fork_run", "--user", "otto", str(run.id), "1")
     with pytest.raises(CommandError, match="has no step 9: its steps are 1 to 3"):
-        call_command("fork_run", str(run.id), "9", "--reason", "why")
+        call_command("fork_run", "--user", "otto", str(run.id), "9", "--reason", "why")
     with pytest.raises(CommandError, match="--result is not JSON"):
-        call_command("fork_run", str(run.id), "1", "--reason", "why", "--result", "{nope")
+        call_command("fork_run", "--user", "otto", str(run.id), "1", "--reason", "why", "--result", "{nope")
     with pytest.raises(CommandError, match="'nope' is not a run id"):
-        call_command("fork_run", "nope", "1", "--reason", "why")
+        call_command("fork_run", "--user", "otto", "nope", "1", "--reason", "why")
     assert Run.objects.count() == 1 and not AuditEntry.objects.exists()

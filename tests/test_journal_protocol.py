@@ -478,20 +478,20 @@ def test_a_tool_or_a_model_request_may_use_the_api_s_own_parameter_names():
     assert run.output["tool"] == {"name": "a", "provider": "b", "self": 3, "kind": "c"}
 
 
-def test_the_command_line_takes_the_short_id_the_pages_show_and_says_what_a_run_waits_for():
+def test_the_command_line_takes_the_short_id_the_pages_show_and_says_what_a_run_waits_for(operator):
     """Faults found by a new user: resolve_step refused the 8-character ids the pages show, and
     said "is waiting, not waiting for a decision" without saying what the run waits for."""
     from django.core.management import call_command
     from django.core.management.base import CommandError
 
     run = plain_write_in_doubt("after")
-    call_command("resolve_step", str(run.id)[:8], "4", "happened", "--result", '{"plain": 2}')
+    call_command("resolve_step", str(run.id)[:8], "4", "happened", "--result", '{"plain": 2}', "--user", "otto")
     assert advance(run).status == "succeeded"
 
     sleeper = advance(start("t_sleeper", {"seconds": 3600}))
     with pytest.raises(CommandError, match=r"is waiting \(sleeping until .*\), not waiting for a decision on a step"):
-        call_command("resolve_step", str(sleeper.id)[:8], "1", "fail", "--reason", "x")
+        call_command("resolve_step", str(sleeper.id)[:8], "1", "fail", "--reason", "x", "--user", "otto")
     with pytest.raises(CommandError, match="there is no run 'abcd1234'"):
-        call_command("resolve_step", "abcd1234", "1", "fail", "--reason", "x")
+        call_command("resolve_step", "abcd1234", "1", "fail", "--reason", "x", "--user", "otto")
     with pytest.raises(CommandError, match="'zz' is not a run id"):
-        call_command("resolve_step", "zz", "1", "fail", "--reason", "x")
+        call_command("resolve_step", "zz", "1", "fail", "--reason", "x", "--user", "otto")

@@ -114,3 +114,116 @@ def test_what_a_child_left_behind_is_stopped_with_it(transactional_db):
     assert process.returncode == 1, output
     assert "exited with status" in output
     assert not is_running(scheduler)
+
+
+# Fault 6, second half (issue 10): changing an agent's code needed a restart that nothing
+# mentioned. Under `make up` (DEBUG) serve restarts what it started when Python code changes,
+# and names the replay check when runs are live; with DEBUG off it never reloads.
+
+PROBE = '''
+from pydantic import BaseModel
+
+from runs.agents import agent
+
+
+class ProbeInput(BaseModel):
+    wait: bool = False
+
+
+@agent("reload_probe")
+def reload_probe(ctx, input: ProbeInput) -> dict:
+    if input.wait:
+        ctx.sleep(3600)
+    return {"version": VERSION}
+'''
+
+
+def write_probe(folder, version):
+    (folder / "reload_probe_agents.py").write_text(PROBE.replace("VERSION", str(version)))
+
+
+def serve_with_probe(tmp_path, debug):
+    from tests.conftest import project_env
+
+    write_probe(tmp_path, 1)
+    env = project_env(DEBUG=debug, AGENT_MODULES="reload_probe_agents", PYTHONPATH=str(tmp_path))
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", "1"],
+        cwd=PROJECT_DIR, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+    )
+    wait_for_port(port, process)
+    return process, env, log_path
+
+
+def stop(process):
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def run_probe(env, *args):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "start_run", "reload_probe", "--user", "otto", *args],
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=120,
+    )
+    return result
+
+
+def test_in_debug_a_code_change_restarts_the_workers_and_names_the_replay_check(transactional_db, operator, tmp_path):
+    import json
+
+    from tests.conftest import empty_run_queue, wait_for
+
+    empty_run_queue()
+    process, env, log_path = serve_with_probe(tmp_path, debug="1")
+    try:
+        first = run_probe(env, "--wait", "--timeout", "60")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert json.loads(first.stdout.splitlines()[-1]) == {"version": 1}
+        assert run_probe(env, "--input", '{"wait": true}').returncode == 0  # a run left live, sleeping
+        workers_before = set(children_of(process.pid))
+
+        write_probe(tmp_path, 2)
+
+        wait_for(lambda: "manage.py replay --agent reload_probe" in log_path.read_text(), timeout=30,
+                 what="serve to restart and name the replay check")
+        log = log_path.read_text()
+        assert "Python code changed: restarting the web server, the workers and the sweeper." in log
+        second = run_probe(env, "--wait", "--timeout", "60")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert json.loads(second.stdout.splitlines()[-1]) == {"version": 2}
+        assert not workers_before & set(children_of(process.pid))
+
+        # Code saved half-written: the restarted processes die; serve waits for the next change.
+        (tmp_path / "reload_probe_agents.py").write_text("def broken(:\n")
+        wait_for(lambda: "waiting for a code change to start again" in log_path.read_text(), timeout=60,
+                 what="serve to wait for a fix")
+        assert process.poll() is None
+        write_probe(tmp_path, 3)
+        third = run_probe(env, "--wait", "--timeout", "60")
+        assert third.returncode == 0, third.stdout + third.stderr
+        assert json.loads(third.stdout.splitlines()[-1]) == {"version": 3}
+    finally:
+        stop(process)
+        empty_run_queue()
+    assert process.returncode == 0, log_path.read_text()
+
+
+def test_with_debug_off_it_never_reloads(transactional_db, tmp_path):
+    import time
+
+    process, env, log_path = serve_with_probe(tmp_path, debug="0")
+    try:
+        started = set(children_of(process.pid))
+        write_probe(tmp_path, 2)
+        time.sleep(3)
+        assert set(children_of(process.pid)) == started
+    finally:
+        stop(process)
+    assert "Python code changed" not in log_path.read_text()
+    assert "Reloading" not in log_path.read_text()

@@ -3,13 +3,13 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
 from runs.agents import InvalidInput, UnknownAgent
 from runs.moves import InvalidIdempotencyKey, start_run
 from runs.models import Run, RunEvent
-from runs.actors import CLI
 from tests.agents import TEST
 from tests.conftest import PROJECT_DIR, subprocess_env
 
@@ -62,12 +62,12 @@ def test_the_same_key_with_another_input_is_refused():
 
 @pytest.mark.django_db
 def test_a_new_run_is_queued_with_its_creation_recorded():
-    run = start_run("refund_customer", {"order_id": "A-1001"}, started_by=CLI)
+    run = start_run("refund_customer", {"order_id": "A-1001"}, started_by=TEST)
 
     assert run.status == "queued"
     assert run.input == {"order_id": "A-1001", "think_seconds": 3.0}  # defaults filled in
     event = RunEvent.objects.get(run=run)
-    assert (event.kind, event.to_status, event.actor) == ("created", "queued", "cli")
+    assert (event.kind, event.to_status, event.actor) == ("created", "queued", "system:test")
 
 
 def manage(*args, env=None):
@@ -87,8 +87,8 @@ def manage(*args, env=None):
         (["refund_customer", "--input", '{"order_id": "A-1"}', "--idempotency-key", "bad key"], "is malformed"),
     ],
 )
-def test_the_command_refuses_bad_input_with_one_clear_line(args, message):
-    result = manage("start_run", *args)
+def test_the_command_refuses_bad_input_with_one_clear_line(args, message, operator):
+    result = manage("start_run", *args, "--user", operator.username)
 
     assert result.returncode == 1
     assert message in result.stderr
@@ -96,7 +96,7 @@ def test_the_command_refuses_bad_input_with_one_clear_line(args, message):
     assert not Run.objects.exists()
 
 
-def test_the_command_starts_a_run_and_waits_for_it(workers):
+def test_the_command_starts_a_run_and_waits_for_it(workers, operator):
     from tools.models import Tool, ToolPermission
     from tools.sync import sync_tools
 
@@ -105,11 +105,38 @@ def test_the_command_starts_a_run_and_waits_for_it(workers):
     workers.start()
 
     result = manage("start_run", "refund_customer", "--input", '{"order_id": "A-1002", "think_seconds": 0.5}',
-                    "--idempotency-key", "cli-test-1", "--wait", "--timeout", "60")
+                    "--idempotency-key", "cli-test-1", "--wait", "--timeout", "60", "--user", operator.username)
 
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
     run = Run.objects.get(idempotency_key="cli-test-1")
     assert lines[0] == f"run {run.id} queued"
-    assert lines[1] == f"run {run.id} succeeded"
-    assert json.loads(lines[2]) == run.output
+    # Progress as it happens: each step as it is journaled, then the end.
+    steps = [line.split(":")[0].strip() for line in lines if line.startswith("  step ")]
+    assert steps == [f"step {n}" for n in range(1, len(steps) + 1)] and len(steps) >= 4, lines
+    assert f"run {run.id} succeeded" in lines
+    assert json.loads(lines[-1]) == run.output
+    assert run.started_by == f"user:{operator.username}"
+
+
+def test_waiting_for_approval_prints_where_to_act_and_exits_with_its_own_code(workers, operator):
+    """Fault 5 (issue 10): --wait printed nothing for 300 s while the run waited for a person."""
+    from tools.models import Approval
+
+    workers.start()
+    started = time.monotonic()
+
+    result = manage("start_run", "refund_customer", "--input", '{"order_id": "A-1002", "think_seconds": 0.5}',
+                    "--wait", "--timeout", "60", "--user", operator.username,
+                    env=subprocess_env(SITE_URL="https://agentops.example.com"))
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert time.monotonic() - started < 30  # it stops when the run starts waiting, not at --timeout
+    approval = Approval.objects.get(status="pending")
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == (
+        f"waiting for a person to approve send_email (step {approval.seq}): approve or deny at "
+        f"https://agentops.example.com/tools/approvals/{approval.id}/"
+    )
+    assert f"run {approval.run_id} waiting (approval)" in lines
+    assert any(line.startswith("  step 1: ") for line in lines), lines

@@ -3,7 +3,7 @@ import json
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from runs.actors import CLI
+from runs.management.operators import add_user_argument, operator
 from runs.models import Run
 from runs.services import NOT_EDITED, ActionRefused, fork_run
 
@@ -15,24 +15,26 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
+        add_user_argument(parser)
         parser.add_argument("run_id")
         parser.add_argument("seq", type=int)
         parser.add_argument("--reason", default="", help="why; required")
         parser.add_argument("--result", help="step SEQ's edited result, as JSON (tool steps that succeeded)")
 
-    def handle(self, *args, run_id, seq, reason, result, **options):
+    def handle(self, *args, username, run_id, seq, reason, result, **options):
         edited = NOT_EDITED
         if result is not None:
             try:
                 edited = json.loads(result)
             except json.JSONDecodeError as error:
                 raise CommandError(f"--result is not JSON: {error}") from None
+        actor = operator(username, "runs.fork_run", "fork a run")
         try:
             run_id = Run.objects.by_reference(run_id).id
         except Run.DoesNotExist as error:
             raise CommandError(str(error)) from None
         try:
-            fork = fork_run(run_id, seq, actor=CLI, result=edited, reason=reason)
+            fork = fork_run(run_id, seq, actor=actor, result=edited, reason=reason)
         except (Run.DoesNotExist, ValidationError):
             raise CommandError(f"there is no run {run_id!r}") from None
         except ActionRefused as error:

@@ -1,32 +1,58 @@
+"""Start a run of an agent, in the name of a user who may start runs; with --wait, follow it.
+
+    python manage.py start_run AGENT --input JSON [--user NAME] [--idempotency-key KEY]
+                               [--wait [--timeout SECONDS]]
+
+With --wait it prints each change of the run (its status, and each step as it is journaled),
+and a line every PROGRESS_SECONDS while nothing changes, until the run settles or a person must
+act. Exit codes: 0 the run succeeded; 1 it failed, was cancelled, or did not settle within
+--timeout (or the command was refused); 3 (PERSON_MUST_ACT) it waits for a person: an approval,
+a freeze to lift, a step in doubt to resolve, or a resume. The line before the exit says who
+must do what, and where (a link under the SITE_URL setting).
+"""
+
 import json
+import time
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.urls import reverse
 
-from runs.agents import InvalidInput, UnknownAgent
-from runs.actors import CLI
-from runs import queue
-from runs.engine import wait_until_settled
-from runs.moves import InvalidIdempotencyKey, start_run
+from runs import queue, services
+from runs.management.operators import add_user_argument, operator
+from runs.models import FINISHED, JournalEntry, Run, RunStatus, WaitKind
+from tools.models import Approval
+
+S = RunStatus
+PERSON_MUST_ACT = 3
+PROGRESS_SECONDS = 10
+POLL_SECONDS = 0.2
 
 
 class Command(BaseCommand):
-    help = "Start a run of an agent; with --wait, wait until it settles and print its outcome."
+    help = (
+        "Start a run of an agent; with --wait, follow it until it settles (exit 0 if it succeeded, "
+        f"1 if not) or a person must act (exit {PERSON_MUST_ACT}, with the link where they act)."
+    )
 
     def add_arguments(self, parser):
+        add_user_argument(parser)
         parser.add_argument("agent")
         parser.add_argument("--input", default="{}", help="the agent's input, as JSON")
         parser.add_argument("--idempotency-key", help="starting the same key again returns the same run")
-        parser.add_argument("--wait", action="store_true", help="wait until the run settles")
+        parser.add_argument("--wait", action="store_true", help="follow the run until it settles or a person must act")
         parser.add_argument("--timeout", type=float, default=300, help="seconds to wait, with --wait")
 
-    def handle(self, *args, agent, input, idempotency_key, wait, timeout, **options):
+    def handle(self, *args, username, agent, input, idempotency_key, wait, timeout, **options):
         try:
             data = json.loads(input)
         except json.JSONDecodeError as error:
             raise CommandError(f"--input is not JSON: {error}") from None
+        actor = operator(username, "runs.start_run", "start runs")
         try:
-            run = start_run(agent, data, started_by=CLI, idempotency_key=idempotency_key)
-        except (UnknownAgent, InvalidInput, InvalidIdempotencyKey) as error:
+            # The service the start form uses: the same checks, audited in the user's name.
+            run = services.start_run_by(agent, data, actor=actor, idempotency_key=idempotency_key)
+        except services.ActionRefused as error:
             raise CommandError(str(error)) from None
         self.stdout.write(f"run {run.id} {run.status}")
         if not queue.reachable():
@@ -35,16 +61,69 @@ class Command(BaseCommand):
                 "(the sweeper enqueues it again). Do not start it again."
             )
         if wait:
-            try:
-                run = wait_until_settled(run.id, timeout)
-            except TimeoutError as error:
-                raise CommandError(str(error)) from None
-            self.stdout.write(f"run {run.id} {run.status}")
-            if run.status_reason:
-                self.stdout.write(run.status_reason)
-            if run.output is not None:
-                self.stdout.write(json.dumps(run.output))
-            if run.error:
-                self.stdout.write(json.dumps(run.error))
-            if run.status != "succeeded":
-                raise CommandError(f"run {run.id} is {run.status}")
+            self.follow(run, timeout)
+
+    def follow(self, run, timeout):
+        deadline = time.monotonic() + timeout
+        shown_state = (run.status, run.wait_kind, run.wait_ref)
+        shown_outcomes = 0
+        last_line_at = time.monotonic()
+        while True:
+            run = Run.objects.get(id=run.id)
+            outcomes = JournalEntry.objects.filter(run=run, phase=JournalEntry.Phase.OUTCOME).order_by("id")
+            for entry in outcomes[shown_outcomes:]:
+                what = " ".join(part for part in (entry.get_kind_display().lower(), entry.name, entry.status) if part)
+                self.stdout.write(f"  step {entry.seq}: {what}")
+                shown_outcomes += 1
+                last_line_at = time.monotonic()
+            if (run.status, run.wait_kind, run.wait_ref) != shown_state:
+                shown_state = (run.status, run.wait_kind, run.wait_ref)
+                self.stdout.write(f"run {run.id} {self.describe(run)}")
+                last_line_at = time.monotonic()
+            person = self.what_a_person_must_do(run)
+            if person:
+                self.stdout.write(person)
+                raise SystemExit(PERSON_MUST_ACT)
+            if run.status in FINISHED:
+                return self.finished(run)
+            if time.monotonic() > deadline:
+                raise CommandError(f"run {run.id} is still {self.describe(run)} after {timeout:g}s")
+            if time.monotonic() - last_line_at >= PROGRESS_SECONDS:
+                self.stdout.write(f"run {run.id} still {self.describe(run)}")
+                last_line_at = time.monotonic()
+            time.sleep(POLL_SECONDS)
+
+    def describe(self, run):
+        if run.status == S.WAITING and run.wait_kind:
+            return f"waiting ({WaitKind(run.wait_kind).label.lower()})"
+        return run.status
+
+    def what_a_person_must_do(self, run):
+        """The line that says who must act, and where; None while the run needs no one."""
+        if run.status == S.WAITING and run.wait_kind == WaitKind.APPROVAL:
+            approval = Approval.objects.filter(id=run.wait_ref).first()
+            tool = approval.tool if approval else "a tool call"
+            return (f"waiting for a person to approve {tool} (step {approval.seq if approval else '?'}): "
+                    f"approve or deny at {link('tools:approval', approval.id) if approval else link('tools:approvals')}")
+        if run.status == S.WAITING and run.wait_kind == WaitKind.FREEZE:
+            return f"waiting for an admin to lift the freeze on {run.agent}: {link('tools:list')}"
+        if run.status == S.NEEDS_ATTENTION:
+            return (f"needs attention: {run.status_reason or 'a step needs a decision'}; "
+                    f"decide at {link('runs:detail', run.id)}")
+        if run.status == S.PAUSED:
+            return f"paused: an operator resumes it at {link('runs:detail', run.id)}"
+        return None
+
+    def finished(self, run):
+        if run.status_reason:
+            self.stdout.write(run.status_reason)
+        if run.output is not None:
+            self.stdout.write(json.dumps(run.output))
+        if run.error:
+            self.stdout.write(json.dumps(run.error))
+        if run.status != S.SUCCEEDED:
+            raise CommandError(f"run {run.id} is {run.status}")
+
+
+def link(name, *args):
+    return settings.SITE_URL + reverse(name, args=args)

@@ -35,7 +35,7 @@ class Command(BaseCommand):
                 postgres.recovered()
                 delay = interval
                 try:
-                    handed_back = sweep()
+                    handed_back = sweep()  # it beats for `manage.py health sweeper`
                 except Exception:
                     log.exception("sweep failed; the next pass tries again")
                     handed_back = 0

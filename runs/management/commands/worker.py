@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from runs import live
+from runs.health import BeatingThread
 from runs.outages import Outage
 from runs.processes import stop_requested
 from runs.queue import reachable, run_queue
@@ -48,6 +49,8 @@ class Command(BaseCommand):
         fork = settings.WORKER_FORK if fork is None else fork
         name = name or f"{socket.gethostname()}-{time.time_ns()}"
         outage = Outage("Redis")
+        # `manage.py health worker` checks these beats (docker-compose.yml's healthcheck).
+        BeatingThread("worker").start()
         try:
             while True:
                 worker = self.work(fork, name, burst, with_scheduler)

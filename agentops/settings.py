@@ -6,6 +6,7 @@ listed in .env.example (a test keeps the two in step).
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -137,6 +138,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_rq",
     "template_partials",
+    "axes",
     "runs",
     "tools",
     *(["tools.demo"] if DEMO else []),
@@ -154,7 +156,26 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Login throttling (django-axes): after LOGIN_FAILURE_LIMIT failed logins for one username, or
+# from one address, that username or address is locked out for LOGIN_LOCKOUT_MINUTES. A
+# success resets the count. The lockout is audited (runs/apps.py).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5)
+if AXES_FAILURE_LIMIT < 1:
+    raise ImproperlyConfigured(f"LOGIN_FAILURE_LIMIT={AXES_FAILURE_LIMIT} must be at least 1")
+AXES_COOLOFF_TIME = timedelta(minutes=envint("LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# The attempts are kept in Postgres; Axes' own log lines say what the audit says.
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "agentops.urls"
 ASGI_APPLICATION = "agentops.asgi.application"
@@ -278,4 +299,6 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
                              "filters": ["refusals_in_one_line", "redis_retries_once"]}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+    # django-axes says "login failed" at INFO for every failure; its lockout is a WARNING.
+    "loggers": {"axes": {"level": "WARNING"}},
 }

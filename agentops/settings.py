@@ -154,6 +154,8 @@ MIDDLEWARE = [
     # Every page needs a login unless its view is marked @login_not_required.
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # A NUL in any parameter, or a value a view cannot read: a 400 that names it (runs/requests.py).
+    "runs.requests.RefuseCraftedInput",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into the lockout page.
@@ -258,6 +260,11 @@ RUN_LEASE_SECONDS = envint("RUN_LEASE_SECONDS", 30)
 if RUN_LEASE_SECONDS < 1:
     raise ImproperlyConfigured(f"RUN_LEASE_SECONDS={RUN_LEASE_SECONDS} must be at least 1")
 # How often the sweeper looks for expired leases and overdue wake-ups.
+# The largest run input any door accepts, in bytes of JSON (runs.moves.start_run).
+RUN_INPUT_MAX_BYTES = envint("RUN_INPUT_MAX_BYTES", 1_000_000)
+if RUN_INPUT_MAX_BYTES < 1:
+    raise ImproperlyConfigured(f"RUN_INPUT_MAX_BYTES={RUN_INPUT_MAX_BYTES} must be at least 1")
+
 # A run whose lease lapses this many times in a row without a step finishing (its worker died
 # at the same place each time: a crash, an out-of-memory kill) needs attention instead of
 # being handed on again (runs.sweeper).

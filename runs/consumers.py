@@ -139,7 +139,8 @@ class RunConsumer(LiveConsumer):
         self.accept()
         query = QueryDict(self.scope["query_string"])
         first = query.get("from", "")
-        self.first_seq = int(first) if first.isdigit() else None
+        # A page's socket carries what the page was given; anything else shows all the steps.
+        self.first_seq = int(first) if first.isascii() and first.isdigit() else None
         # What the page was rendered with (fingerprints): until the first send, the consumer
         # knows only these, and resends a part only if it no longer matches.
         self.page_keys = {"controls": query.get("controls", ""), "steps": query.get("steps", "")}

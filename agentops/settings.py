@@ -13,6 +13,7 @@ Every variable read here is listed in .env.example (a test keeps the two in step
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -179,6 +180,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_rq",
     "template_partials",
+    "axes",
     "runs",
     "tools",
     *(["tools.demo"] if DEMO else []),
@@ -194,9 +196,30 @@ MIDDLEWARE = [
     # Every page needs a login unless its view is marked @login_not_required.
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # A NUL in any parameter, or a value a view cannot read: a 400 that names it (runs/requests.py).
+    "runs.requests.RefuseCraftedInput",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Login throttling (django-axes): after LOGIN_FAILURE_LIMIT failed logins for one username, or
+# from one address, that username or address is locked out for LOGIN_LOCKOUT_MINUTES. A
+# success resets the count. The lockout is audited (runs/apps.py).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5)
+if AXES_FAILURE_LIMIT < 1:
+    raise ImproperlyConfigured(f"LOGIN_FAILURE_LIMIT={AXES_FAILURE_LIMIT} must be at least 1")
+AXES_COOLOFF_TIME = timedelta(minutes=envint("LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# The attempts are kept in Postgres; Axes' own log lines say what the audit says.
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "agentops.urls"
 ASGI_APPLICATION = "agentops.asgi.application"
@@ -279,6 +302,11 @@ RUN_LEASE_SECONDS = envint("RUN_LEASE_SECONDS", 30)
 if RUN_LEASE_SECONDS < 1:
     raise refused("RUN_LEASE_SECONDS", f"RUN_LEASE_SECONDS={RUN_LEASE_SECONDS} must be at least 1")
 # How often the sweeper looks for expired leases and overdue wake-ups.
+# The largest run input any door accepts, in bytes of JSON (runs.moves.start_run).
+RUN_INPUT_MAX_BYTES = envint("RUN_INPUT_MAX_BYTES", 1_000_000)
+if RUN_INPUT_MAX_BYTES < 1:
+    raise ImproperlyConfigured(f"RUN_INPUT_MAX_BYTES={RUN_INPUT_MAX_BYTES} must be at least 1")
+
 # A run whose lease lapses this many times in a row without a step finishing (its worker died
 # at the same place each time: a crash, an out-of-memory kill) needs attention instead of
 # being handed on again (runs.sweeper).
@@ -320,4 +348,6 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
                              "filters": ["refusals_in_one_line", "redis_retries_once"]}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+    # django-axes says "login failed" at INFO for every failure; its lockout is a WARNING.
+    "loggers": {"axes": {"level": "WARNING"}},
 }

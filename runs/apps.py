@@ -15,3 +15,8 @@ class RunsConfig(AppConfig):
         # After every migrate (and after the test runner's flush), so each role always holds
         # exactly the permissions that roles.py gives it.
         post_migrate.connect(sync_role_groups, sender=self, dispatch_uid="runs.sync_role_groups")
+        from axes.signals import user_locked_out
+
+        from runs.logins import record_lockout
+
+        user_locked_out.connect(record_lockout, dispatch_uid="runs.record_lockout")

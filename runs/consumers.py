@@ -12,11 +12,12 @@ from asgiref.sync import async_to_sync
 from autobahn.exception import Disconnected
 from channels.generic.websocket import WebsocketConsumer
 from django.conf import settings
-from django.contrib.auth import get_user_model
+from django.contrib.auth import HASH_SESSION_KEY, get_user_model
 from django.contrib.auth.context_processors import PermWrapper
 from django.contrib.sessions.backends.db import SessionStore
 from django.http import QueryDict
 from django.template.loader import render_to_string
+from django.utils.crypto import constant_time_compare
 
 from runs import live
 from runs.listing import RunListing
@@ -28,6 +29,14 @@ from tools.context_processors import freeze_shown, pending_approval_count
 ACCESS_RECHECK_SECONDS = 5
 CLOSED_NO_ACCESS = 4403
 CLOSED_GONE = 4404
+
+
+def session_hash_holds(session, user):
+    """Django's own check at every request: a session logged in before the password changed
+    (or with a key since rotated out) no longer stands."""
+    stored = session.get(HASH_SESSION_KEY) or ""
+    hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+    return any(constant_time_compare(stored, current) for current in hashes)
 
 
 class LiveConsumer(WebsocketConsumer):
@@ -61,6 +70,8 @@ class LiveConsumer(WebsocketConsumer):
         user = get_user_model().objects.filter(id=self.scope["user"].id, is_active=True).first()
         if user is None or not user.has_perm("runs.view_run"):
             return False
+        if not session_hash_holds(SessionStore(session_key), user):
+            return False  # the password changed since this session logged in
         self.scope["user"] = user
         return True
 

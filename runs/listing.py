@@ -6,6 +6,7 @@ Shared by the view and the live consumer, so the page and its live updates agree
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from datetime import timezone as dt_timezone
 from urllib.parse import urlencode
 
 from django.db.models import BooleanField, CharField, Count, IntegerField, OuterRef, Subquery, TextField, Value
@@ -61,6 +62,12 @@ class RunListing:
             tool=params.get("tool", "").strip()[:200],
         )
         problems = []
+        # The pages refuse a NUL with a 400 (runs/requests.py); a live socket's query string
+        # reaches here directly: leave that filter out, and say so.
+        for name in ("status", "agent", "q", "error_type", "tool"):
+            if "\x00" in getattr(listing, name):
+                problems.append(f"the filter {name!r} holds a NUL character, so it is left out")
+                setattr(listing, name, "")
         if listing.status and listing.status not in RunStatus.values:
             problems.append(f"there is no status {listing.status!r}")
             listing.status = ""
@@ -68,8 +75,11 @@ class RunListing:
         if cursor:
             try:
                 moment, run_id = cursor.rsplit("~", 1)
-                listing.after = (datetime.fromisoformat(moment), uuid.UUID(run_id))
-            except ValueError:
+                # In UTC, as the database compares it: an offset that leaves the calendar
+                # (year 1 at +23:59) fails here, not in the query.
+                moment = datetime.fromisoformat(moment).astimezone(dt_timezone.utc)
+                listing.after = (moment, uuid.UUID(run_id))
+            except (ValueError, OverflowError):
                 problems.append("the page link is not valid, so this is the first page")
         listing.error = "; ".join(problems)
         return listing

@@ -24,9 +24,9 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from runs import live, queue, waits
+from runs import live, queue, storable, waits
 from runs.actors import SCHEDULER, Actor
-from runs.agents import get_agent
+from runs.agents import InvalidInput, get_agent
 from runs.models import FINISHED, Requested, Run, RunEvent, RunStatus, WaitKind
 from runs.storable import visible
 
@@ -110,6 +110,7 @@ def start_run(agent_name, input, *, started_by, idempotency_key=None, parent_id=
     anything is written. `started_by` is an Actor.
     """
     agent = get_agent(agent_name)
+    _check_input_limits(input)
     data = agent.dump_input(agent.parse_input(input))
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise InvalidIdempotencyKey(
@@ -134,6 +135,20 @@ def start_run(agent_name, input, *, started_by, idempotency_key=None, parent_id=
             raise
         return existing
     return run
+
+
+def _check_input_limits(input):
+    """What any door may hand a run (the page, the command line, a parent run): its input
+    within RUN_INPUT_MAX_BYTES as JSON, nested at most storable.MAX_DEPTH deep, and storable."""
+    if storable.deeper_than(input):
+        raise InvalidInput(f"the input is nested more than {storable.MAX_DEPTH} levels deep")
+    size = len(json.dumps(input, default=str).encode())
+    if size > settings.RUN_INPUT_MAX_BYTES:
+        raise InvalidInput(f"the input is {size:,} bytes as JSON; the limit is "
+                           f"{settings.RUN_INPUT_MAX_BYTES:,} (setting RUN_INPUT_MAX_BYTES)")
+    problem = storable.unstorable(input)
+    if problem:
+        raise InvalidInput(f"the input holds {problem}, which cannot be stored")
 
 
 def _run_for_key(key, agent_name, data):

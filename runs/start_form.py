@@ -16,6 +16,7 @@ from django import forms
 from pydantic import ValidationError
 from pydantic.errors import PydanticInvalidForJsonSchema
 
+from runs import storable
 from runs.agents import Agent
 
 SIMPLE_KINDS = {"string", "integer", "number", "boolean"}
@@ -169,7 +170,7 @@ class AgentInputForm(forms.Form):
             elif value in ("", None):
                 continue
             elif spec.kind == "choice":
-                data[spec.name] = json.loads(value)
+                data[spec.name] = storable.loads(value)
             elif spec.kind == "json":
                 parsed = self._json_of(key, value)
                 if parsed is not _NOT_JSON:
@@ -182,7 +183,7 @@ class AgentInputForm(forms.Form):
 
     def _json_of(self, key, text):
         try:
-            return json.loads(text)
+            return storable.loads(text)
         except json.JSONDecodeError as error:
             self.add_error(key, f"This is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}).")
             return _NOT_JSON

@@ -12,9 +12,13 @@ its tools again each time. So the journal and the run check values before they w
   with each NUL written as the six characters \\u0000 (`visible`).
 """
 
+import json
 import math
 
 NUL = "\x00"
+# How deep a value people or agents hand us may nest. Parsing and validating recurse, and so
+# does Postgres: JSON nested thousands deep would fail there with an error of its own.
+MAX_DEPTH = 64
 
 
 def unstorable(value, path="$"):
@@ -50,4 +54,35 @@ def visible(value):
         return {visible(key): visible(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [visible(item) for item in value]
+    return value
+
+
+def deeper_than(value, limit=MAX_DEPTH):
+    """Whether value nests more than `limit` levels of lists and objects (no recursion)."""
+    level = [value]
+    for _ in range(limit + 1):
+        level = [item for each in level if isinstance(each, (dict, list))
+                 for item in (each.values() if isinstance(each, dict) else each)]
+        if not level:
+            return False
+    return True
+
+
+class NestedTooDeep(json.JSONDecodeError):
+    """JSON text nested deeper than MAX_DEPTH (a JSONDecodeError, so that the forms that say
+    what is wrong with JSON text say this too)."""
+
+    def __init__(self, text):
+        super().__init__(f"nested more than {MAX_DEPTH} levels deep", text, 0)
+
+
+def loads(text):
+    """json.loads for text people type or send: JSON nested too deep is an error that says so,
+    where json.loads would raise RecursionError, or give a value too deep to use."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise NestedTooDeep(text) from None
+    if deeper_than(value):
+        raise NestedTooDeep(text)
     return value

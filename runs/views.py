@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from runs import services
+from runs import services, storable
 from runs.actors import Actor
 from runs.listing import RunListing
 from runs.models import AuditEntry, JournalEntry, Run, RunStatus
@@ -21,6 +21,7 @@ from runs.rollback import stopped_at
 from tools.models import FreezeState
 from runs.services import Resolution, RollbackResolution
 from runs.timeline import build_steps, waterfall
+from runs.requests import whole_number
 
 AUDIT_PAGE_SIZE = 100
 
@@ -137,6 +138,8 @@ def _children_tree(run):
 @permission_required("runs.view_run", raise_exception=True)
 def run_detail(request: HttpRequest, run_id) -> HttpResponse:
     run = _get_run(run_id)
+    for name in ("from", "to"):
+        whole_number(request.GET, name)  # anything but digits is a 400 that names it
     first, last = seq_param(request.GET, "from"), seq_param(request.GET, "to")
     context = run_context(run, user=request.user, first_seq=first, last_seq=last)
     context["shown"] = urlencode({
@@ -149,7 +152,8 @@ def run_detail(request: HttpRequest, run_id) -> HttpResponse:
 def seq_param(params, name):
     """A step number from the query (?from=SEQ&to=SEQ choose the window), or None."""
     value = params.get(name, "")
-    return int(value) if value.isdigit() and int(value) >= 1 else None
+    # ASCII digits only: str.isdigit() accepts "²", which int() refuses.
+    return int(value) if value.isascii() and value.isdigit() and int(value) >= 1 else None
 
 
 # Operator actions: each a POST with CSRF, permission-checked, audited, refused with a message
@@ -222,8 +226,7 @@ DECISION_DONE = {
 def rollback_page(request: HttpRequest, run_id) -> HttpResponse:
     """The plan first (GET); the operator's confirmation starts the rollback (POST)."""
     run = _get_run(run_id)
-    after = request.POST.get("after") or request.GET.get("after") or ""
-    after_seq = int(after) if after.isdigit() else None
+    after_seq = whole_number(request.POST if "after" in request.POST else request.GET, "after")
     if request.method == "POST" and request.POST.get("cancel_first") == "1":
         return _cancel_to_roll_back(request, run)
     if request.method == "POST":
@@ -302,7 +305,7 @@ def resolve_rollback(request: HttpRequest, run_id) -> HttpResponse:
 def _json_of(text, what):
     """(value, None) for JSON text; (None, a message naming the line and column) otherwise."""
     try:
-        return json.loads(text.strip()), None
+        return storable.loads(text.strip()), None
     except json.JSONDecodeError as error:
         return None, f"{what} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); nothing was changed."
 
@@ -321,9 +324,9 @@ def audit_list(request: HttpRequest) -> HttpResponse:
         entries = entries.filter(username=username)
     if action:
         entries = entries.filter(action=action)
-    before = request.GET.get("before", "")
-    if before.isdigit():
-        entries = entries.filter(id__lt=int(before))
+    before = whole_number(request.GET, "before")
+    if before is not None:
+        entries = entries.filter(id__lt=before)
     page = list(entries.order_by("-id")[: AUDIT_PAGE_SIZE + 1])
     more = len(page) > AUDIT_PAGE_SIZE
     page = page[:AUDIT_PAGE_SIZE]

@@ -3,6 +3,7 @@ with its old and new values."""
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import ValidationError
 
 from runs.models import AuditEntry
@@ -58,12 +59,26 @@ class ToolAdmin(admin.ModelAdmin):
         _audit_permission_changes(request, formset)
 
 
+class ToolSearch(AutocompleteSelect):
+    """The tool field's search box. Redrawing a refused form, Django's looks the submitted
+    value up as an id, and a value that is not a number (a crafted POST) raised a 500; such a
+    value is left out, and the form says the choice is not valid."""
+
+    def optgroups(self, name, value, attr=None):
+        return super().optgroups(name, [v for v in value if str(v).isascii() and str(v).isdigit()], attr)
+
+
 @admin.register(ToolPermission)
 class ToolPermissionAdmin(admin.ModelAdmin):
     list_display = ["tool", "agent_or_all", "rule", "max_calls_per_run", "note", "updated_at"]
     list_filter = ["rule", "tool__effect", "agent"]
     search_fields = ["tool__name", "agent", "note"]
     autocomplete_fields = ["tool"]
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "tool":
+            kwargs["widget"] = ToolSearch(db_field, self.admin_site, using=kwargs.get("using"))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     @admin.display(description="agent")
     def agent_or_all(self, permission):

@@ -19,7 +19,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from pydantic import ValidationError
 
-from runs import live, moves
+from runs import live, moves, storable
 from runs.actors import EXPIRY, Actor
 from runs.agents import describe
 from runs.moments import moment_text
@@ -123,7 +123,7 @@ def decide(approval_id, decision, *, actor, reason="", edited_args_text=None, sh
 def _validated_edit(approval, text):
     """The edit as stored (secrets still ***), after checking the merged arguments."""
     try:
-        edited = json.loads(text)
+        edited = storable.loads(text)
     except json.JSONDecodeError as error:
         raise ApprovalError(f"the edited arguments are not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
     if not isinstance(edited, dict):

@@ -213,8 +213,11 @@ AUTHENTICATION_BACKENDS = [
 ]
 AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5)
 if AXES_FAILURE_LIMIT < 1:
-    raise ImproperlyConfigured(f"LOGIN_FAILURE_LIMIT={AXES_FAILURE_LIMIT} must be at least 1")
-AXES_COOLOFF_TIME = timedelta(minutes=envint("LOGIN_LOCKOUT_MINUTES", 15))
+    raise refused("LOGIN_FAILURE_LIMIT", f"LOGIN_FAILURE_LIMIT={AXES_FAILURE_LIMIT} must be at least 1")
+_LOCKOUT_MINUTES = envint("LOGIN_LOCKOUT_MINUTES", 15)
+if _LOCKOUT_MINUTES < 1:
+    raise refused("LOGIN_LOCKOUT_MINUTES", f"LOGIN_LOCKOUT_MINUTES={_LOCKOUT_MINUTES} must be at least 1")
+AXES_COOLOFF_TIME = timedelta(minutes=_LOCKOUT_MINUTES)
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
@@ -301,19 +304,19 @@ for _module in AGENT_MODULES:
 RUN_LEASE_SECONDS = envint("RUN_LEASE_SECONDS", 30)
 if RUN_LEASE_SECONDS < 1:
     raise refused("RUN_LEASE_SECONDS", f"RUN_LEASE_SECONDS={RUN_LEASE_SECONDS} must be at least 1")
-# How often the sweeper looks for expired leases and overdue wake-ups.
 # The largest run input any door accepts, in bytes of JSON (runs.moves.start_run).
 RUN_INPUT_MAX_BYTES = envint("RUN_INPUT_MAX_BYTES", 1_000_000)
 if RUN_INPUT_MAX_BYTES < 1:
-    raise ImproperlyConfigured(f"RUN_INPUT_MAX_BYTES={RUN_INPUT_MAX_BYTES} must be at least 1")
+    raise refused("RUN_INPUT_MAX_BYTES", f"RUN_INPUT_MAX_BYTES={RUN_INPUT_MAX_BYTES} must be at least 1")
 
 # A run whose lease lapses this many times in a row without a step finishing (its worker died
 # at the same place each time: a crash, an out-of-memory kill) needs attention instead of
 # being handed on again (runs.sweeper).
 RUN_LOST_LEASES_LIMIT = envint("RUN_LOST_LEASES_LIMIT", 3)
 if RUN_LOST_LEASES_LIMIT < 1:
-    raise ImproperlyConfigured(f"RUN_LOST_LEASES_LIMIT={RUN_LOST_LEASES_LIMIT} must be at least 1")
+    raise refused("RUN_LOST_LEASES_LIMIT", f"RUN_LOST_LEASES_LIMIT={RUN_LOST_LEASES_LIMIT} must be at least 1")
 
+# How often the sweeper looks for expired leases and overdue wake-ups.
 SWEEP_INTERVAL_SECONDS = envint("SWEEP_INTERVAL_SECONDS", 5)
 if SWEEP_INTERVAL_SECONDS < 1:
     raise refused("SWEEP_INTERVAL_SECONDS", f"SWEEP_INTERVAL_SECONDS={SWEEP_INTERVAL_SECONDS} must be at least 1")

@@ -4,7 +4,8 @@ Admins manage people through the role groups (runs/roles.py). What would let one
 themselves or anyone else more than an admin is for superusers only: superuser status, direct
 permissions (outside the roles), and any change to a superuser's account. Every change of a
 person's access (groups, staff, active, superuser, direct permissions) is audited with its old
-and new values, in the transaction of the change.
+and new values, in the transaction of the change; so are adding and deleting a person, and
+an admin setting someone's password.
 """
 
 from django.contrib import admin
@@ -72,6 +73,30 @@ class PeopleAdmin(UserAdmin):
         # Bulk actions (delete selected) act on the list: keep superusers out of an admin's.
         people = super().get_queryset(request)
         return people if request.user.is_superuser else people.filter(is_superuser=False)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if not change:
+            AuditEntry.record(Actor.for_user(request.user), "add_user", target=f"user {obj.username}",
+                              details=access_of(obj))
+
+    def delete_model(self, request, obj):
+        AuditEntry.record(Actor.for_user(request.user), "delete_user", target=f"user {obj.username}",
+                          details=access_of(obj))
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for user in queryset:
+            AuditEntry.record(Actor.for_user(request.user), "delete_user", target=f"user {user.username}",
+                              details=access_of(user))
+        super().delete_queryset(request, queryset)
+
+    def user_change_password(self, request, id, form_url=""):
+        response = super().user_change_password(request, id, form_url)
+        if request.method == "POST" and response.status_code == 302:
+            user = User.objects.get(pk=id)
+            AuditEntry.record(Actor.for_user(request.user), "set_password", target=f"user {user.username}")
+        return response
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         # Groups and permissions are saved after the user row (save_related): compare the

@@ -7,12 +7,12 @@ the journal's own order (seq, attempt, id), so the file reads as the run happene
 
 import json
 
-from django.contrib.auth.decorators import permission_required
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import Http404, HttpRequest, HttpResponse
 from django.utils import timezone
 
 from runs.models import JournalEntry, Run
+from runs.roles import permission_required
 from tools.registry import redact
 
 FORMAT = "agentops.run-history.v1"

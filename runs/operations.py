@@ -12,7 +12,7 @@ from datetime import timedelta
 import redis
 
 from django.conf import settings
-from django.contrib.auth.decorators import login_not_required, permission_required
+from django.contrib.auth.decorators import login_not_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
 from django.shortcuts import render
 from django.utils import timezone
@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from runs import fleet, metrics
 from runs.models import FINISHED
 from runs.sweeper import last_sweep_at
+from runs.roles import permission_required
 from tools.models import Approval, ApprovalStatus
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,17 @@ class Figures:
 
         yield GaugeMetricFamily("agentops_approvals_pending", "Approval requests waiting for a person.",
                                 value=Approval.objects.filter(status=ApprovalStatus.PENDING).count())
+        try:
+            yield from self.collect_from_redis()
+            redis_up = 1
+        except redis.RedisError:
+            # Redis is away: the series read from it are missing from this scrape, and this
+            # one says why (a scrape that fails would say nothing at all).
+            redis_up = 0
+        yield GaugeMetricFamily("agentops_redis_up", "1 when Redis answered this scrape.", value=redis_up)
+
+    def collect_from_redis(self):
+        """The series read from Redis: the queue, the workers, the scheduler, the sweeper."""
         depth = fleet.queue_depth()
         queue = GaugeMetricFamily("agentops_queue_jobs", "Jobs in the run queue and its registries.", labels=["state"])
         for state in ("queued", "scheduled", "started", "failed"):

@@ -29,6 +29,19 @@ class SameOriginOnly:
         headers = dict(scope.get("headers", []))
         origin = headers.get(b"origin", b"").decode("latin1")
         host = headers.get(b"host", b"").decode("latin1")
-        if origin and (origin in settings.CSRF_TRUSTED_ORIGINS or urlsplit(origin).netloc == host):
+        if origin and (urlsplit(origin).netloc == host or trusted(origin)):
             return await self.application(scope, receive, send)
         return await WebsocketDenier()(scope, receive, send)
+
+
+def trusted(origin):
+    """Whether CSRF_TRUSTED_ORIGINS lists the origin, read as Django's CSRF check reads it
+    (an entry may start its host with "*." for any subdomain)."""
+    scheme, netloc = urlsplit(origin)[:2]
+    for entry in settings.CSRF_TRUSTED_ORIGINS:
+        entry_scheme, entry_netloc = urlsplit(entry)[:2]
+        if entry_scheme != scheme:
+            continue
+        if entry_netloc == netloc or (entry_netloc.startswith("*.") and netloc.endswith(entry_netloc[1:])):
+            return True
+    return False

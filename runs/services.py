@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from runs import moves, rollback
 from runs.agents import ROLLBACK_AGENT, InvalidInput, UnknownAgent, describe
 from runs.models import AuditEntry, JournalEntry, Requested, Run, RunStatus
+from runs.roles import role_needed
 from tools.registry import TOOLS
 
 S = RunStatus
@@ -344,7 +345,7 @@ def run_again(run_id, *, actor, idempotency_key=None):
 
 def _start_audited(agent_name, input, *, actor, idempotency_key, action, details):
     if not (actor.user is not None and actor.user.has_perm(START_PERMISSION)):
-        raise ActionRefused(f"{actor.label} may not start runs: that needs the operator role")
+        raise ActionRefused(f"{actor.label} may not start runs: that needs the {role_needed(START_PERMISSION)} role")
     if agent_name == ROLLBACK_AGENT:
         # Its input is a plan an operator confirmed on the rollback page; by hand it would skip that.
         raise ActionRefused("the rollback agent starts only from a run's Roll back… page, where its plan is confirmed")

@@ -55,21 +55,30 @@ def sweep():
     return handed_back
 
 
+def _last_pass_key():
+    # Named after the database, as the run queue is: two checkouts never read each other's.
+    return f"agentops:sweeper:last-pass:{connection.settings_dict['NAME']}"
+
+
 def _record_pass():
-    """A pass completed: beat for `manage.py health sweeper` and the workers page (one record of
-    the sweeper's passes, runs.health)."""
+    """A pass completed: a beat for `manage.py health sweeper` (it expires: is a sweeper alive
+    on this host now?), and the time of the last pass, which stays (the workers page and
+    /metrics say how late it is, however long the sweeper has been gone)."""
     try:
         health.beat("sweeper")
+        queue.redis_connection().set(_last_pass_key(), timezone.now().isoformat())
     except redis.RedisError as error:
         redis_outage.failed(error)
+    else:
+        redis_outage.recovered()
 
 
 def last_sweep_at():
-    """When the sweeper's last pass ended (any sweeper of this database, within the beats Redis
-    keeps), or None. A sweeper runs every SWEEP_INTERVAL_SECONDS; a much older pass means it
+    """When the sweeper's last pass ended (any sweeper of this database), or None if none has
+    been recorded. A sweeper runs every SWEEP_INTERVAL_SECONDS; a much older pass means it
     stopped."""
-    beats = health.last_beats("sweeper")
-    return datetime.fromtimestamp(max(beats.values()), dt_timezone.utc) if beats else None
+    value = queue.redis_connection().get(_last_pass_key())
+    return None if value is None else datetime.fromisoformat(value.decode()).astimezone(dt_timezone.utc)
 
 
 def _part(fn, *args, **kwargs):

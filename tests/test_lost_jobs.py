@@ -48,12 +48,13 @@ def test_a_queued_run_whose_job_still_waits_is_left_alone():
     empty_run_queue()
 
 
-def test_a_run_started_while_redis_is_away_is_reported_started_and_runs_once_redis_is_back(tmp_path):
+def test_a_run_started_while_redis_is_away_is_reported_started_and_runs_once_redis_is_back(tmp_path, operator):
     port = free_port()
     redis_url = f"redis://127.0.0.1:{port}/0"
     env = subprocess_env(REDIS_URL=redis_url)
     started = subprocess.run(
-        [sys.executable, "manage.py", "start_run", "t_echo_agent", "--input", '{"text": "hi"}'],
+        [sys.executable, "manage.py", "start_run", "t_echo_agent", "--input", '{"text": "hi"}',
+         "--user", operator.username],
         cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60,
     )
     assert started.returncode == 0, started.stderr

@@ -81,3 +81,21 @@ def test_a_superuser_may_grant_superuser_and_it_is_audited(client):
     assert target.is_superuser
     entry = AuditEntry.objects.get(action="change_user_access")
     assert entry.details["is_superuser"] == {"old": False, "new": True}
+
+
+def test_adding_deleting_and_setting_a_password_are_audited(client, admin_user):
+    client.force_login(admin_user)
+    response = client.post("/admin/auth/user/add/", {
+        "username": "newbie", "password1": "a-Long-password-41", "password2": "a-Long-password-41",
+        "usable_password": "true",
+    })
+    assert response.status_code == 302, response.content.decode()[:3000]
+    newbie = User.objects.get(username="newbie")
+    assert AuditEntry.objects.filter(action="add_user", target="user newbie").exists()
+    response = client.post(f"/admin/auth/user/{newbie.id}/password/",
+                           {"password1": "another-Long-pw-42", "password2": "another-Long-pw-42", "usable_password": "true"})
+    assert response.status_code == 302
+    assert AuditEntry.objects.filter(action="set_password", target="user newbie").exists()
+    client.post(f"/admin/auth/user/{newbie.id}/delete/", {"post": "yes"})
+    assert not User.objects.filter(username="newbie").exists()
+    assert AuditEntry.objects.filter(action="delete_user", target="user newbie").exists()

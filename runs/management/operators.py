@@ -13,7 +13,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
 
 from runs.actors import Actor
-from runs.roles import ROLE_PERMISSIONS
+from runs.roles import role_needed
 
 
 def add_user_argument(parser):
@@ -52,15 +52,7 @@ def operator(username, permission, doing):
         raise CommandError(f"user {username!r} is inactive and may not act")
     if not user.has_perm(permission):
         raise CommandError(
-            f"user {username!r} may not {doing}: that needs the {role_for(permission)} role, "
+            f"user {username!r} may not {doing}: that needs the {role_needed(permission) or 'admin'} role, "
             "which an admin gives in the admin's Users page"
         )
     return Actor.for_user(user)
-
-
-def role_for(permission):
-    """The least role that holds the permission (ROLE_PERMISSIONS lists them least first)."""
-    for role, permissions in ROLE_PERMISSIONS.items():
-        if permission in permissions:
-            return role
-    return "admin"

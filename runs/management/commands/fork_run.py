@@ -3,6 +3,7 @@ import json
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from runs import storable
 from runs.management.operators import add_user_argument, operator
 from runs.models import Run
 from runs.services import NOT_EDITED, ActionRefused, fork_run
@@ -25,7 +26,7 @@ class Command(BaseCommand):
         edited = NOT_EDITED
         if result is not None:
             try:
-                edited = json.loads(result)
+                edited = storable.loads(result)
             except json.JSONDecodeError as error:
                 raise CommandError(f"--result is not JSON: {error}") from None
         actor = operator(username, "runs.fork_run", "fork a run")

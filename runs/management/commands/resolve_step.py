@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 
 from django.core.management.base import BaseCommand, CommandError
 
+from runs import storable
 from runs.management.operators import add_user_argument, operator
 from runs.models import Run
 from runs.services import ActionRefused, Resolution, resolve_step
@@ -28,7 +29,7 @@ class Command(BaseCommand):
             if result is None:
                 raise CommandError("'happened' needs --result: the JSON the agent receives as the step's result")
             try:
-                result = json.loads(result)
+                result = storable.loads(result)
             except json.JSONDecodeError as error:
                 raise CommandError(f"--result is not JSON: {error}") from None
         elif result is not None:

@@ -1,6 +1,6 @@
-"""Screenshots of the runs page, a run page, the approvals inbox, an approval page, a rollback
-plan, the workers page, the activity page and the start form, from the demo data, for
-docs/screenshots/.
+"""Screenshots of every page, from the demo data, for docs/screenshots/: the runs page, a run
+page, the approvals inbox, an approval page, the start pages, a rollback plan, the workers page,
+the activity page, the tools page, the audit log and the demo world.
 
     make screenshots
 
@@ -98,6 +98,8 @@ class Command(BaseCommand):
                 page.screenshot(path=out / "approvals.png", full_page=True)
                 page.goto(f"{base}/tools/approvals/{approval.id}/")
                 page.screenshot(path=out / "approval.png", full_page=True)
+                page.goto(f"{base}/runs/start/")
+                page.screenshot(path=out / "start.png", full_page=True)
                 page.goto(f"{base}/runs/start/refund_customer/")
                 page.screenshot(path=out / "start-run.png", full_page=True)
                 page.goto(f"{base}/runs/{locked.id}/rollback/")
@@ -109,6 +111,12 @@ class Command(BaseCommand):
                 page.goto(f"{base}/activity/")
                 page.wait_for_selector("#runs-per-minute svg rect")
                 page.screenshot(path=out / "activity.png", full_page=True)
+                page.goto(f"{base}/tools/")
+                page.screenshot(path=out / "tools.png", full_page=True)
+                page.goto(f"{base}/audit/")
+                page.screenshot(path=out / "audit.png", full_page=True)
+                page.goto(f"{base}/demo/")
+                page.screenshot(path=out / "demo-world.png", full_page=True)
                 browser.close()
         finally:
             for process in processes:

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.urls import reverse
 
-from runs import queue, services
+from runs import queue, services, storable
 from runs.management.operators import add_user_argument, operator
 from runs.models import FINISHED, JournalEntry, Run, RunStatus, WaitKind
 from tools.models import Approval
@@ -45,7 +45,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, username, agent, input, idempotency_key, wait, timeout, **options):
         try:
-            data = json.loads(input)
+            data = storable.loads(input)
         except json.JSONDecodeError as error:
             raise CommandError(f"--input is not JSON: {error}") from None
         actor = operator(username, "runs.start_run", "start runs")

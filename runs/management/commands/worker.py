@@ -49,11 +49,15 @@ class Command(BaseCommand):
         fork = settings.WORKER_FORK if fork is None else fork
         name = name or f"{socket.gethostname()}-{time.time_ns()}"
         outage = Outage("Redis")
+        restarts = 0
         # `manage.py health worker` checks these beats (docker-compose.yml's healthcheck).
         BeatingThread("worker").start()
         try:
             while True:
-                worker = self.work(fork, name, burst, with_scheduler)
+                # A name of its own for each RQ worker: after an outage, Redis may still hold
+                # the last one's registration, and RQ refuses a second worker of that name.
+                worker = self.work(fork, f"{name}-{restarts}" if restarts else name, burst, with_scheduler)
+                restarts += 1
                 # A stop signal (RQ notes when it came), or a burst's empty queue: done.
                 if worker is not None and (burst or worker._shutdown_requested_date is not None):
                     return

@@ -134,10 +134,15 @@ class Lane:
     left: float = 0.0  # percent of the axis
     width: float = 0.0
     note_after: bool = True  # the note stands right of the bar (else left of it)
+    # A bar with no room on either side (it spans most of the axis) carries its note inside.
+    note_inside: bool = False
 
     @property
     def note_at(self):
-        """Where the note stands: the bar's end (from the left), or its start (from the right)."""
+        """Where the note stands: the bar's end (from the left), or its start (from the right),
+        or, inside the bar, its start (from the left)."""
+        if self.note_inside:
+            return self.left
         return self.left + self.width if self.note_after else 100 - self.left
 
 
@@ -259,6 +264,8 @@ def waterfall(run: Run, steps, now, *, events=(), approvals=(), window=None):
         lane.width = max(MIN_BAR_PERCENT, finish - begin)
         lane.left = min(begin, 100 - lane.width)
         lane.note_after = lane.left + lane.width < 60
+        lane.note_inside = not lane.note_after and lane.left < 40
+        lane.note_after = lane.note_after or lane.note_inside
         if lane.timed:
             lane.note = _with_duration(lane.note, ((lane.end or now) - lane.start).total_seconds() * 1000, lane.end is None)
     lanes.sort(key=lambda lane: (lane.start, lane.seq or 0, not lane.is_wait))

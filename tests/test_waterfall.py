@@ -25,7 +25,7 @@ def lanes(client, run, query=""):
     html = client.get(f"/runs/{run.id}/{query}").content.decode()
     section = html.split('id="run-waterfall"')[1].split("</section>")[0]
     labels = [re.sub(r"<[^>]+>", "", label).strip() for label in re.findall(r'role="rowheader">(.*?)</span>', section)]
-    notes = re.findall(r'class="wf-note"[^>]*>(.*?)</span>', section)
+    notes = re.findall(r'class="wf-note[^"]*"[^>]*>(.*?)</span>', section)
     return list(zip(labels, notes)), section
 
 

@@ -142,7 +142,7 @@ def test_a_waiting_run_says_in_the_list_what_it_waits_for(client, viewer):
     client.force_login(viewer)
     page = client.get("/").content.decode()
 
-    assert re.search(r'sleep until <time datetime="[^"]+" title="' + ONE_FORMAT + r'">in \d+', row(page, f"run-{sleeper.id}"))
+    assert re.search(r'asleep, wakes <time datetime="[^"]+" title="' + ONE_FORMAT + r'">in \d+', row(page, f"run-{sleeper.id}"))
     approval = Approval.objects.get(run=guarded)
     assert f'approval of <a href="/tools/approvals/{approval.id}/">t_irreversible</a>' in row(page, f"run-{guarded.id}")
     assert f'child run <a href="/runs/{child.id}/"><code>{str(child.id)[:8]}</code></a>' in row(page, f"run-{parent.id}")

@@ -22,8 +22,10 @@ def when(moment):
         return "—"
     absolute = moment_text(moment)
     seconds = (now() - moment).total_seconds()
-    if seconds < 0:
+    if seconds <= -60:
         relative = f"in {timeuntil(moment)}"
+    elif seconds < 0:
+        relative = f"in {int(-seconds) or 1} s"
     elif seconds < 60:
         relative = f"{int(seconds)} s ago"
     else:

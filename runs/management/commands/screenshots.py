@@ -90,6 +90,7 @@ class Command(BaseCommand):
                 page.get_by_label("Password").fill(PASSWORD)
                 page.get_by_role("button", name="Log in").click()
                 page.wait_for_selector("#run-rows")
+                page.wait_for_selector("#runs-per-minute svg")  # the summary, fetched after the page
                 page.screenshot(path=out / "runs.png", full_page=True)
                 page.goto(f"{base}/runs/{batch.id}/")
                 page.wait_for_selector("#steps li")

@@ -72,7 +72,7 @@ class Command(BaseCommand):
             # to roll back (its plan is a screenshot).
             locked = Run.objects.get(parent=batch, input__order_id="A-1003")
             email = Approval.objects.get(run=locked, status="pending")
-            decide(email.id, "approve", actor=Actor.for_user(approver), shown_hash=email.args_hash)
+            decide(email.id, "approve", actor=Actor.for_user(approver), shown_hash=email.form_hash)
             while Run.objects.get(id=locked.id).status != RunStatus.FAILED:
                 if time.monotonic() > deadline:
                     raise CommandError(f"the run of order A-1003 did not fail at its ticket; see {logs}")

@@ -18,8 +18,8 @@ from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand, CommandError
 
 from runs.actors import Actor
-from runs.moves import start_run
 from runs.management.commands.seed_demo import DEMO_RUNS
+from runs.services import start_run_by
 from runs.models import Run, RunStatus
 from runs.processes import (
     CHROMIUM, CHROMIUM_FLAGS, free_port, kill_worker, project_env, start_manage,
@@ -48,7 +48,7 @@ class Command(BaseCommand):
         approver = User.objects.create_user("approver", password=PASSWORD)
         approver.groups.set([Group.objects.get(name=OPERATOR)])
         for key, agent, data in DEMO_RUNS:
-            start_run(agent, data, started_by=Actor.system("demo"), idempotency_key=key)
+            start_run_by(agent, data, actor=Actor.for_user(user), idempotency_key=key)
         batch = Run.objects.get(idempotency_key="demo-batch-1")
 
         out = settings.BASE_DIR / "docs" / "screenshots"

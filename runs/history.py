@@ -13,12 +13,15 @@ from django.utils import timezone
 
 from runs.models import JournalEntry, Run
 from runs.roles import permission_required
-from tools.registry import redact
+from tools.models import Redactor
 
 FORMAT = "agentops.run-history.v1"
 
 
 def run_history(run: Run) -> dict:
+    rows = list(run.journal.order_by("seq", "attempt", "id"))
+    approvals = list(run.approvals.order_by("seq", "id"))
+    redact = Redactor({row.name for row in rows if row.kind == JournalEntry.Kind.TOOL} | {a.tool for a in approvals})
     return {
         "format": FORMAT,
         "exported_at": timezone.now(),
@@ -43,7 +46,7 @@ def run_history(run: Run) -> dict:
                 "result": row.result, "error": row.error, "actor": row.actor, "lease_epoch": row.lease_epoch,
                 "created_at": row.created_at,
             }
-            for row in run.journal.order_by("seq", "attempt", "id")
+            for row in rows
         ],
         "events": list(run.events.order_by("at", "id").values(
             "at", "kind", "from_status", "to_status", "actor", "reason", "details")),
@@ -51,13 +54,13 @@ def run_history(run: Run) -> dict:
         "approvals": [
             {
                 "id": approval.id, "seq": approval.seq, "tool": approval.tool, "effect": approval.effect,
-                "args": approval.args,
-                "edited_args": redact(approval.tool, approval.edited_args) if approval.edited_args is not None else None,
+                "args": redact(approval.tool, approval.args),
+                "edited_args": redact(approval.tool, approval.edited_args),
                 "compensation": approval.compensation, "status": approval.status,
                 "requested_at": approval.requested_at, "expires_at": approval.expires_at,
                 "decided_by": approval.decided_by, "decided_at": approval.decided_at, "reason": approval.reason,
             }
-            for approval in run.approvals.order_by("seq", "id")
+            for approval in approvals
         ],
         "audit": list(run.audit.order_by("at", "id").values("at", "username", "action", "target", "reason", "details")),
     }

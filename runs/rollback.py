@@ -28,7 +28,8 @@ from runs.agents import ROLLBACK_AGENT, agent
 from runs.models import JournalEntry, Run, RunStatus
 from runs.recorder import ToolError, canonical_json, hash_json
 from tools.models import Approval, ApprovalStatus
-from tools.registry import TOOLS, WRITING_EFFECTS, ContractViolation, redact
+from tools.models import redact
+from tools.registry import TOOLS, WRITING_EFFECTS, ContractViolation
 
 S = RunStatus
 # Where a rollback may start: DESIGN's "failed | cancelled | paused | needs_attention".

@@ -8,7 +8,8 @@ from django.utils.timezone import localtime
 from runs.actors import Actor
 from runs.models import JournalEntry, Run, RunEvent, RunStatus, WaitKind
 from tools.models import ApprovalStatus
-from tools.registry import TOOLS, WRITING_EFFECTS, redact
+from tools.models import Redactor
+from tools.registry import TOOLS, WRITING_EFFECTS
 
 S = RunStatus
 A = ApprovalStatus
@@ -81,6 +82,7 @@ def build_steps(run: Run, rows, approvals=()):
         else:
             step.status = "running"
     decided = {approval.seq: approval for approval in approvals}
+    redact = Redactor(step.name for step in steps.values() if step.kind == JournalEntry.Kind.TOOL)
     for step in steps.values():
         step.approval = decided.get(step.seq)
         # Sensitive arguments are kept for replay and never shown.

@@ -1,5 +1,6 @@
 """Approvals: a call that needs a person waits for them; decisions are bound, single, timely."""
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -44,10 +45,10 @@ def test_approve_then_deny_the_agent_goes_on_and_receives_the_reason(operator, a
     run = guarded_run()
     first = Approval.objects.get(run=run)
 
-    decide(first.id, "approve", actor=Actor.for_user(admin_user), shown_hash=first.args_hash)
+    decide(first.id, "approve", actor=Actor.for_user(admin_user), shown_hash=first.form_hash)
     advance_run(run.id)
     second = Approval.objects.get(run=run, seq=2)
-    decide(second.id, "deny", actor=Actor.for_user(admin_user), reason="never delete on a Friday", shown_hash=second.args_hash)
+    decide(second.id, "deny", actor=Actor.for_user(admin_user), reason="never delete on a Friday", shown_hash=second.form_hash)
     advance_run(run.id)
 
     run = Run.objects.get(id=run.id)
@@ -62,7 +63,7 @@ def test_approve_with_edited_arguments_runs_what_was_approved(admin_user):
     run = guarded_run()
     approval = Approval.objects.get(run=run)
 
-    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash,
+    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.form_hash,
            edited_args_text='{"value": 2, "card_number": "***"}')
     advance_run(run.id)
 
@@ -77,7 +78,7 @@ def test_an_edit_is_shown_as_a_diff_on_the_step_the_approval_the_record_and_the_
     value and nothing said that an operator had changed 12900 to 100."""
     run = guarded_run()
     approval = Approval.objects.get(run=run)
-    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash,
+    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.form_hash,
            edited_args_text='{"value": 2, "card_number": "***"}')
     advance_run(run.id)
 
@@ -100,7 +101,7 @@ def test_a_run_an_operators_denial_ended_is_shown_as_such_not_as_a_crash(client,
     run = guarded_run()  # t_guarded does not catch a denial of its first call
     approval = Approval.objects.get(run=run)
     decide(approval.id, "deny", actor=Actor.for_user(admin_user), reason="card reported stolen",
-           shown_hash=approval.args_hash)
+           shown_hash=approval.form_hash)
     advance_run(run.id)
 
     run = Run.objects.get(id=run.id)
@@ -127,9 +128,9 @@ def test_an_edit_that_fails_the_schema_is_refused_and_changes_nothing(admin_user
     approval = Approval.objects.get(run=run)
 
     with pytest.raises(ApprovalError, match="the edited arguments do not fit 't_irreversible': value: Input should be greater than or equal to 0"):
-        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash, edited_args_text='{"value": -1}')
+        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.form_hash, edited_args_text='{"value": -1}')
     with pytest.raises(ApprovalError, match="not valid JSON"):
-        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash, edited_args_text="{value: 1")
+        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.form_hash, edited_args_text="{value: 1")
 
     assert Approval.objects.get(id=approval.id).status == "pending"
 
@@ -137,10 +138,10 @@ def test_an_edit_that_fails_the_schema_is_refused_and_changes_nothing(admin_user
 def test_a_second_decision_is_refused(admin_user):
     run = guarded_run()
     approval = Approval.objects.get(run=run)
-    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash)
+    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.form_hash)
 
     with pytest.raises(ApprovalError, match="already approved by user:ada; a decision is taken once"):
-        decide(approval.id, "deny", actor=Actor.for_user(admin_user), reason="changed my mind", shown_hash=approval.args_hash)
+        decide(approval.id, "deny", actor=Actor.for_user(admin_user), reason="changed my mind", shown_hash=approval.form_hash)
 
 
 def test_approving_your_own_run_is_refused(operator):
@@ -148,14 +149,14 @@ def test_approving_your_own_run_is_refused(operator):
     approval = Approval.objects.get(run=run)
 
     with pytest.raises(ApprovalError, match="you started this run"):
-        decide(approval.id, "approve", actor=Actor.for_user(operator), shown_hash=approval.args_hash)
+        decide(approval.id, "approve", actor=Actor.for_user(operator), shown_hash=approval.form_hash)
 
 
 def test_a_decision_bound_to_other_arguments_is_refused(admin_user):
     run = guarded_run()
     approval = Approval.objects.get(run=run)
 
-    with pytest.raises(ApprovalError, match="not the one you were shown"):
+    with pytest.raises(ApprovalError, match="this form was not made for request"):
         decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash="0" * 64)
 
 
@@ -165,7 +166,7 @@ def test_approval_after_expiry_is_refused_and_recorded_as_the_systems(admin_user
     Approval.objects.filter(id=approval.id).update(expires_at=timezone.now() - timedelta(seconds=1))
 
     with pytest.raises(ApprovalError, match="this request expired at"):
-        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash)
+        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.form_hash)
 
     approval.refresh_from_db()
     assert (approval.status, approval.decided_by) == ("expired", "system:expiry")
@@ -189,7 +190,7 @@ def test_the_sweeper_expires_overdue_requests_and_the_run_goes_on():
 def test_sensitive_arguments_never_reach_the_pages(client, admin_user):
     run = guarded_run()
     approval = Approval.objects.get(run=run)
-    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash)
+    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.form_hash)
     advance_run(run.id)
     client.force_login(admin_user)
 
@@ -204,12 +205,12 @@ def test_the_approval_forms_refuse_bad_input_with_a_message(client, admin_user, 
     approval = Approval.objects.get(run=run)
     client.force_login(admin_user)
 
-    response = client.post(f"/tools/approvals/{approval.id}/decide/", {"decision": "deny", "reason": "", "shown_hash": approval.args_hash}, follow=True)
+    response = client.post(f"/tools/approvals/{approval.id}/decide/", {"decision": "deny", "reason": "", "shown_hash": approval.form_hash}, follow=True)
     assert b"Not done: denying needs a reason" in response.content
-    response = client.post(f"/tools/approvals/{approval.id}/decide/", {"decision": "approve", "edited_args": "[1]", "shown_hash": approval.args_hash}, follow=True)
+    response = client.post(f"/tools/approvals/{approval.id}/decide/", {"decision": "approve", "edited_args": "[1]", "shown_hash": approval.form_hash}, follow=True)
     assert b"must be a JSON object" in response.content
     client.force_login(viewer)
-    assert client.post(f"/tools/approvals/{approval.id}/decide/", {"decision": "approve", "shown_hash": approval.args_hash}).status_code == 403
+    assert client.post(f"/tools/approvals/{approval.id}/decide/", {"decision": "approve", "shown_hash": approval.form_hash}).status_code == 403
     assert Approval.objects.get(id=approval.id).status == "pending"
 
 
@@ -257,7 +258,7 @@ def test_an_approval_is_bound_to_the_call_it_was_made_for(admin_user):
     approval = Approval.objects.get(run=run)
     # The code changes under the waiting run: the same seq now asks for another call.
     Approval.objects.filter(id=approval.id).update(args_hash="f" * 64)
-    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash="f" * 64)
+    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=Approval.objects.get(id=approval.id).form_hash)
 
     advance_run(run.id)
 
@@ -272,7 +273,7 @@ def test_a_secret_cannot_be_edited_into_the_pages(admin_user):
     approval = Approval.objects.get(run=run)
 
     with pytest.raises(ApprovalError, match=r"sensitive fields cannot be edited here \(card_number\): leave them as \*\*\*"):
-        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash,
+        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.form_hash,
                edited_args_text='{"value": 5, "card_number": "5500000000000004"}')
 
 
@@ -285,7 +286,7 @@ def test_four_eyes_follows_a_child_run_to_whoever_started_its_parent(operator):
 
     assert approval.started_by == "user:otto"
     with pytest.raises(ApprovalError, match="you started this run"):
-        decide(approval.id, "approve", actor=Actor.for_user(operator), shown_hash=approval.args_hash)
+        decide(approval.id, "approve", actor=Actor.for_user(operator), shown_hash=approval.form_hash)
 
 
 def test_a_decision_made_before_the_run_waits_is_not_lost(admin_user):
@@ -295,7 +296,7 @@ def test_a_decision_made_before_the_run_waits_is_not_lost(admin_user):
     lease = claim(run.id, "slow-worker")
     approval = request_for(run.id, 1, tool_name="t_delete", agent="t_deleter", args={"value": 1},
                            args_hash="a" * 64)
-    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash)
+    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.form_hash)
 
     moved = moves.suspend(lease, WaitFor.approval(approval), agent="t_deleter")
 
@@ -330,7 +331,7 @@ def test_a_request_is_withdrawn_when_its_run_is_cancelled_and_a_decision_is_refu
     assert (approval.status, approval.decided_by, approval.reason) == (
         "withdrawn", "user:otto", "withdrawn: the run was cancelled")
     with pytest.raises(ApprovalError, match="this request was withdrawn: the run was cancelled; there is nothing left"):
-        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash)
+        decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.form_hash)
     client.force_login(admin_user)
     inbox = client.get("/tools/approvals/")
     assert inbox.context["pending"] == []
@@ -345,7 +346,7 @@ def test_the_demo_agent_adapts_to_a_denied_email(admin_user):
     advance_run(run.id)
     approval = Approval.objects.get(run=run)
     decide(approval.id, "deny", actor=Actor.for_user(admin_user), reason="the customer asked for no email",
-           shown_hash=approval.args_hash)
+           shown_hash=approval.form_hash)
 
     advance_run(run.id)
     run = Run.objects.get(id=run.id)
@@ -353,3 +354,47 @@ def test_the_demo_agent_adapts_to_a_denied_email(admin_user):
     assert run.status == "succeeded", run.error
     assert run.output["email_id"] is None
     assert run.output["note"] == "the email was not sent: denied by operator: the customer asked for no email"
+
+
+def form_fields(page):
+    """The hidden fields of the page's first decision form, as the browser would post them."""
+    return dict(re.findall(r'<input type="hidden" name="(decision|shown_hash)" value="([^"]*)">', page)[:2])
+
+
+def test_an_edit_that_leaves_out_a_secret_keeps_the_agents_secret(client, admin_user):
+    """Issue 11, item 5: an edit without the sensitive field handed the tool the model's
+    default ("4111") instead of the agent's card: a secret the approver never saw is kept."""
+    run = guarded_run()
+    approval = Approval.objects.get(run=run)
+    client.force_login(admin_user)
+    fields = form_fields(client.get(f"/tools/approvals/{approval.id}/").content.decode())
+
+    response = client.post(f"/tools/approvals/{approval.id}/decide/",
+                           {**fields, "edited_args": '{"value": 2}'}, follow=True)
+    assert "Approved: the run goes on" in response.content.decode()
+    advance_run(run.id)
+
+    intent = JournalEntry.objects.get(run=run, seq=1, phase="intent")
+    assert intent.args == {"value": 2, "card_number": "4111111111111111"}
+    approval.refresh_from_db()
+    assert approval.edited_args == {"value": 2, "card_number": "***"}
+    assert approval.changes == [{"field": "value", "from": 5, "to": 2}]
+
+
+def test_one_requests_form_cannot_decide_another_with_the_same_arguments(client, admin_user):
+    """Issue 11, item 13: the form carried only the arguments' hash, so request A's form,
+    posted to request B's address, decided B. The hash is now bound to the request."""
+    first, second = guarded_run(), guarded_run()
+    a, b = Approval.objects.get(run=first), Approval.objects.get(run=second)
+    assert a.args_hash == b.args_hash
+    client.force_login(admin_user)
+    fields = form_fields(client.get(f"/tools/approvals/{a.id}/").content.decode())
+
+    response = client.post(f"/tools/approvals/{b.id}/decide/", fields, follow=True)
+
+    assert f"Not done: this form was not made for request {b.id} (step 1 of run {second.id})" in response.content.decode()
+    assert list(Approval.objects.filter(id__in=[a.id, b.id]).values_list("status", flat=True)) == ["pending", "pending"]
+    assert not AuditEntry.objects.exists()
+    # A's form still decides A.
+    client.post(f"/tools/approvals/{a.id}/decide/", fields)
+    assert Approval.objects.get(id=a.id).status == "approved"

@@ -217,7 +217,7 @@ def test_an_approval_decided_at_a_kept_step_is_not_asked_again():
     ada = Actor("user", "ada")
     origin = advance(start_run("t_guarded", {"value": 5}, started_by=TEST))
     decide(Approval.objects.get(run=origin, seq=1).id, "approve", actor=ada,
-           shown_hash=Approval.objects.get(run=origin, seq=1).args_hash)
+           shown_hash=Approval.objects.get(run=origin, seq=1).form_hash)
     origin = advance(origin)  # step 1 charged; step 2 (a delete) waits for its own approval
     assert origin.status == "waiting" and CALLS["t_irreversible"] == 1
 

@@ -450,7 +450,7 @@ def test_approved_arguments_that_no_longer_fit_fail_the_rerun_as_its_next_attemp
 
     run = advance(start("t_guarded", {"value": 3}))
     approval = Approval.objects.get(run=run)
-    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash,
+    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.form_hash,
            edited_args_text='{"value": 4, "card_number": "***"}')
     CRASH["t_irreversible"] = "before"
     run = crash(run)

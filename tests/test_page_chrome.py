@@ -196,7 +196,7 @@ def test_an_edit_that_fails_the_schema_keeps_the_operators_text(client, admin_us
     typed = '{"value": -1,\n "card_number": "***"}'
 
     response = client.post(f"/tools/approvals/{approval.id}/decide/",
-                           {"decision": "approve", "edited_args": typed, "shown_hash": approval.args_hash})
+                           {"decision": "approve", "edited_args": typed, "shown_hash": approval.form_hash})
 
     page = html.unescape(response.content.decode())
     assert "Not done: the edited arguments do not fit 't_irreversible'" in page

@@ -20,7 +20,7 @@ def test_an_operator_rolls_back_a_failed_demo_run_and_sees_the_refund_reversed(
     # Order A-1003: refunded, emailed (once approved), then the helpdesk refuses to close it.
     run = start_run("refund_customer", {"order_id": "A-1003", "think_seconds": 0}, started_by=TEST)
     approval = wait_for(lambda: Approval.objects.filter(run=run, status="pending").first(), what="the email's request")
-    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.args_hash)
+    decide(approval.id, "approve", actor=Actor.for_user(admin_user), shown_hash=approval.form_hash)
     wait_for(lambda: Run.objects.get(id=run.id).status == "failed", what="the failure at close_ticket")
     refund = Refund.objects.get(order_id="A-1003")
 
@@ -54,6 +54,6 @@ def test_an_operator_rolls_back_a_failed_demo_run_and_sees_the_refund_reversed(
     expect(page.locator("#run-header")).to_contain_text("Forked from")
     fork = Run.objects.get(forked_from=run)
     email = wait_for(lambda: Approval.objects.filter(run=fork, status="pending").first(), what="the fork's email request")
-    decide(email.id, "approve", actor=Actor.for_user(admin_user), shown_hash=email.args_hash)
+    decide(email.id, "approve", actor=Actor.for_user(admin_user), shown_hash=email.form_hash)
     expect(page.locator("#run-header .title .status")).to_have_text("succeeded", timeout=30_000)
     assert Refund.objects.filter(order_id="A-1001", reversed_at__isnull=True).count() == 1

@@ -22,10 +22,10 @@ def guarded_run(admin_user):
     run = start_run("t_guarded", {"value": 5}, started_by=TEST)
     advance_run(run.id)
     first = Approval.objects.get(run=run)
-    decide(first.id, "approve", actor=Actor.for_user(admin_user), shown_hash=first.args_hash)
+    decide(first.id, "approve", actor=Actor.for_user(admin_user), shown_hash=first.form_hash)
     advance_run(run.id)
     second = Approval.objects.get(run=run, seq=2)
-    decide(second.id, "deny", actor=Actor.for_user(admin_user), reason="not today", shown_hash=second.args_hash)
+    decide(second.id, "deny", actor=Actor.for_user(admin_user), reason="not today", shown_hash=second.form_hash)
     advance_run(run.id)
     run = Run.objects.get(id=run.id)
     assert run.status == "succeeded"

@@ -5,7 +5,7 @@ the step's request: the first time, a request is made and the run waits for it (
 approval, referring to the request); later, the request's state decides. An operator approves
 (optionally with edited arguments, validated against the tool's schema) or denies with a reason
 the agent receives as the tool's error; a request nobody decides expires, recorded as the
-system's, not as a person's denial. A decision is bound to the arguments it was shown, is taken
+system's, not as a person's denial. A decision is bound to the request and the arguments it was shown (Approval.form_hash), is taken
 once, is refused after expiry (checked in the same transaction), is audited here, and, with
 APPROVALS_FORBID_SELF, never comes from the person who started the run.
 """
@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 from pydantic import ValidationError
 
 from runs import live, moves, storable
@@ -24,8 +25,8 @@ from runs.actors import EXPIRY, Actor
 from runs.agents import describe
 from runs.moments import moment_text
 from runs.models import AuditEntry, Run, WaitKind
-from tools.models import Approval, ApprovalStatus, Tool, describe_changes
-from tools.registry import DEFAULT_APPROVAL_EXPIRY_SECONDS, REDACTED, TOOLS, redact
+from tools.models import Approval, ApprovalStatus, Redactor, Tool, describe_changes, redact
+from tools.registry import DEFAULT_APPROVAL_EXPIRY_SECONDS, REDACTED, TOOLS
 
 A = ApprovalStatus
 
@@ -78,11 +79,18 @@ def arguments_to_run(approval):
     the agent asked."""
     if approval.edited_args is None:
         return approval.private_args
-    return _merge(approval, approval.edited_args)
+    return _merge(approval, approval.edited_args, Redactor([approval.tool]).sensitive(approval.tool))
 
 
-def _merge(approval, edited):
-    return {key: (approval.private_args.get(key) if value == REDACTED else value) for key, value in edited.items()}
+def _merge(approval, edited, sensitive):
+    """The edit with the agent's secrets put back: *** keeps the agent's value, and so does a
+    sensitive field the edit left out (the approver never saw it, so cannot have meant to drop
+    it and hand the tool its default)."""
+    merged = {key: (approval.private_args.get(key) if value == REDACTED else value) for key, value in edited.items()}
+    for key in sensitive - set(edited):
+        if key in approval.private_args:
+            merged[key] = approval.private_args[key]
+    return merged
 
 
 def decide(approval_id, decision, *, actor, reason="", edited_args_text=None, shown_hash):
@@ -103,8 +111,11 @@ def decide(approval_id, decision, *, actor, reason="", edited_args_text=None, sh
         if expired:
             _expire(approval)
         else:
-            if shown_hash != approval.args_hash:
-                raise ApprovalError("the request is not the one you were shown; open it again")
+            if not constant_time_compare(shown_hash or "", approval.form_hash):
+                raise ApprovalError(
+                    f"this form was not made for request {approval.id} (step {approval.seq} of run "
+                    f"{approval.run_id}) with the arguments it has now; open that request and decide it there"
+                )
             if settings.APPROVALS_FORBID_SELF and Actor.from_label(approval.started_by) == actor:
                 raise ApprovalError("you started this run, and a run's starter may not approve its own steps")
             if decision == "approve" and edited_args_text is not None and edited_args_text.strip():
@@ -128,14 +139,19 @@ def _validated_edit(approval, text):
         raise ApprovalError(f"the edited arguments are not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
     if not isinstance(edited, dict):
         raise ApprovalError("the edited arguments must be a JSON object, one field per argument")
-    spec = TOOLS[approval.tool]
-    changed_secrets = sorted(k for k in spec.sensitive if k in edited and edited[k] != REDACTED)
+    spec = TOOLS.get(approval.tool)
+    if spec is None:
+        raise ApprovalError(f"tool {approval.tool!r} is no longer in the code, so an edit cannot be checked: approve or deny as asked")
+    sensitive = Redactor([approval.tool]).sensitive(approval.tool)
+    changed_secrets = sorted(k for k in sensitive if k in edited and edited[k] != REDACTED)
     if changed_secrets:
         raise ApprovalError(
             f"sensitive fields cannot be edited here ({', '.join(changed_secrets)}): leave them as ***"
         )
+    # A secret the edit leaves out keeps the agent's value, shown as *** like one kept.
+    edited = {**edited, **{k: REDACTED for k in sorted(sensitive - set(edited)) if k in approval.private_args}}
     try:
-        spec.input_model.model_validate(_merge(approval, edited))
+        spec.input_model.model_validate(_merge(approval, edited, sensitive))
     except ValidationError as error:
         raise ApprovalError(f"the edited arguments do not fit {approval.tool!r}: {describe(error)}") from None
     return edited

@@ -6,8 +6,10 @@ from typing import NamedTuple
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import connection, models
+from django.utils.crypto import salted_hmac
 
 from runs.agents import AGENTS
+from tools.registry import REDACTED, TOOLS
 
 
 # The registry as the database knows it, and who may call what -------------------------------
@@ -72,6 +74,62 @@ class Tool(models.Model):
         if self.effect == Effect.WRITE and self.reversible:
             return Rule.ALLOW
         return Rule.REQUIRE_APPROVAL
+
+
+# Redaction: the one place that decides what of a tool's arguments people may see -------------
+
+
+class Redactor:
+    """Tool arguments as people may see them (pages, history.json, approvals, the audit), for
+    the tools named, read in one query.
+
+    A tool's secrets are the sensitive fields its code declares and those its database row
+    recorded (tools.sync keeps the row after the tool leaves the code), so removing a tool from
+    the code never shows its secrets. It fails closed: for a tool the code no longer has, a field
+    its row does not describe is hidden too (it may be a secret of an older version), and the
+    arguments of a tool unknown to both the code and the database are hidden wholesale.
+    """
+
+    def __init__(self, tool_names):
+        names = {name for name in tool_names if name}
+        self._rows = {
+            name: (set(fields or ()), set((schema or {}).get("properties", {})))
+            for name, fields, schema in Tool.objects.filter(name__in=names).values_list(
+                "name", "sensitive_fields", "input_schema")
+        }
+
+    def known(self, tool_name):
+        return tool_name in TOOLS or tool_name in self._rows
+
+    def sensitive(self, tool_name):
+        """The fields of this tool that are secrets, as far as the code and the database know."""
+        spec = TOOLS.get(tool_name)
+        fields = set(spec.sensitive) if spec else set()
+        if tool_name in self._rows:
+            fields |= self._rows[tool_name][0]
+        return fields
+
+    def hidden(self, tool_name, keys):
+        """Which of these argument names are shown as ***."""
+        if not self.known(tool_name):
+            return set(keys)
+        hidden = self.sensitive(tool_name) & set(keys)
+        if tool_name not in TOOLS:
+            hidden |= set(keys) - self._rows[tool_name][1]
+        return hidden
+
+    def __call__(self, tool_name, args):
+        if args is None:
+            return None
+        if not isinstance(args, dict):
+            return args if tool_name in TOOLS else REDACTED
+        hidden = self.hidden(tool_name, args)
+        return {key: (REDACTED if key in hidden else value) for key, value in args.items()}
+
+
+def redact(tool_name, args):
+    """One tool's arguments as people may see them (see Redactor)."""
+    return Redactor([tool_name])(tool_name, args)
 
 
 def check_agent_name(agent, field=None):
@@ -295,6 +353,14 @@ class Approval(models.Model):
 
     def __str__(self):
         return f"{self.tool} for run {self.run_id} step {self.seq}: {self.status}"
+
+    @property
+    def form_hash(self):
+        """What a decision form carries, and a decision must bring back: the hash of the
+        arguments shown, bound to this request (its id, run and step) and signed with the
+        SECRET_KEY, so one request's form cannot decide another with the same arguments."""
+        bound = f"{self.id}:{self.run_id}:{self.seq}:{self.args_hash}"
+        return salted_hmac("agentops.approval.form", bound, algorithm="sha256").hexdigest()
 
     @property
     def changes(self):

@@ -18,8 +18,8 @@ from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand, CommandError
 
 from runs.actors import Actor
-from runs.moves import start_run
 from runs.management.commands.seed_demo import DEMO_RUNS
+from runs.services import start_run_by
 from runs.models import Run, RunStatus
 from runs.processes import (
     CHROMIUM, CHROMIUM_FLAGS, free_port, kill_worker, project_env, start_manage,
@@ -48,7 +48,7 @@ class Command(BaseCommand):
         approver = User.objects.create_user("approver", password=PASSWORD)
         approver.groups.set([Group.objects.get(name=OPERATOR)])
         for key, agent, data in DEMO_RUNS:
-            start_run(agent, data, started_by=Actor.system("demo"), idempotency_key=key)
+            start_run_by(agent, data, actor=Actor.for_user(user), idempotency_key=key)
         batch = Run.objects.get(idempotency_key="demo-batch-1")
 
         out = settings.BASE_DIR / "docs" / "screenshots"
@@ -72,7 +72,7 @@ class Command(BaseCommand):
             # to roll back (its plan is a screenshot).
             locked = Run.objects.get(parent=batch, input__order_id="A-1003")
             email = Approval.objects.get(run=locked, status="pending")
-            decide(email.id, "approve", actor=Actor.for_user(approver), shown_hash=email.args_hash)
+            decide(email.id, "approve", actor=Actor.for_user(approver), shown_hash=email.form_hash)
             while Run.objects.get(id=locked.id).status != RunStatus.FAILED:
                 if time.monotonic() > deadline:
                     raise CommandError(f"the run of order A-1003 did not fail at its ticket; see {logs}")

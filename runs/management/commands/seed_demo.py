@@ -2,7 +2,9 @@
 demo is loaded: DEMO=1).
 
 The passwords are new at every call, so what is printed is always what works. The demo runs
-carry idempotency keys, so a second `make up` does not start them again.
+carry idempotency keys, so a second `make up` does not start them again. They are started in the
+name of the demo user `operator` (audited as its starts), so four eyes holds: their approvals
+wait for another person, such as `admin`.
 """
 
 import secrets
@@ -14,10 +16,12 @@ from django.core.management.base import BaseCommand
 
 from runs.actors import Actor
 from runs.agents import AGENTS
-from runs.moves import start_run
+from runs.services import start_run_by
 from runs.roles import ADMIN, OPERATOR, VIEWER
 
 DEMO_USERS = [(ADMIN, ADMIN), (OPERATOR, OPERATOR), (VIEWER, VIEWER)]
+# Who starts the demo runs: a person, so that four eyes holds (another person approves).
+DEMO_STARTER = OPERATOR
 DEMO_RUNS = [
     ("demo-refund-A-1001", "refund_customer", {"order_id": "A-1001", "think_seconds": 5}),
     ("demo-refund-A-1002", "refund_customer", {"order_id": "A-1002", "think_seconds": 60}),
@@ -56,6 +60,7 @@ class Command(BaseCommand):
                 "modules, so no demo runs. Add tools.demo.agents to AGENT_MODULES to have them."
             )
             return
+        starter = Actor.for_user(User.objects.get(username=DEMO_STARTER))
         for key, agent, data in DEMO_RUNS:
-            start_run(agent, data, started_by=Actor.system("demo"), idempotency_key=key)
+            start_run_by(agent, data, actor=starter, idempotency_key=key)
         self.stdout.write(f"Demo runs: {len(DEMO_RUNS)} (started once; see the runs page)")

@@ -181,6 +181,7 @@ INSTALLED_APPS = [
     "django_rq",
     "template_partials",
     "axes",
+    "csp",
     "runs",
     "tools",
     *(["tools.demo"] if DEMO else []),
@@ -188,6 +189,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # The Content-Security-Policy header (django-csp), with the policy below.
+    "runs.headers.ContentSecurityPolicy",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -338,6 +341,46 @@ SESSION_COOKIE_HTTPONLY = True
 # Set when the site is served over HTTPS; off by default so the local http:// path works.
 SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# HTTPS, for a site served over it (docs/security.md has the production settings; `manage.py
+# check --deploy` is clean with them). All off by default, so the local http:// path works.
+# Strict-Transport-Security: how long browsers must use only HTTPS for this host (0: no header).
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0)
+if SECURE_HSTS_SECONDS < 0:
+    raise refused("SECURE_HSTS_SECONDS", f"SECURE_HSTS_SECONDS={SECURE_HSTS_SECONDS} must be 0 or more")
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+# Answer a plain http:// request with a redirect to https://.
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+# Behind a proxy that ends TLS: the header it sets to "https" on requests that came over HTTPS
+# (X-Forwarded-Proto). Only when the proxy always sets or strips it: anyone can send it.
+_PROXY_SSL_HEADER = env("SECURE_PROXY_SSL_HEADER", "").strip()
+if _PROXY_SSL_HEADER:
+    if not all(part.isalnum() for part in _PROXY_SSL_HEADER.split("-")):
+        raise refused(
+            "SECURE_PROXY_SSL_HEADER", f"SECURE_PROXY_SSL_HEADER={_PROXY_SSL_HEADER!r} is not a header name "
+            "(for example X-Forwarded-Proto)"
+        )
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
+
+# Content-Security-Policy (django-csp): scripts, styles and everything else from this site
+# only, and nothing inline: no <script> or <style> in a page, no on...= handler, no style=
+# attribute, no eval (htmx is told so in base.html's htmx-config). 'self' in connect-src
+# covers the live pages' ws:// and wss:// to this host. The django-rq dashboard
+# (/django-rq/, staff only) ships inline scripts: runs.headers allows them there alone.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
 
 LOGGING = {
     "version": 1,

@@ -95,7 +95,7 @@ def test_a_short_step_in_a_long_run_stays_visible(client, viewer):
 
     shown, section = lanes(client, run)
 
-    widths = [float(w) for w in re.findall(r"width: ([\d.]+)%", section)]
+    widths = [float(w) for w in re.findall(r"width:([\d.]+)\"", section)]
     assert widths and min(widths) >= MIN_BAR_PERCENT
     assert "1 d" in section  # the axis says days, not 86400 s
 

@@ -89,9 +89,14 @@ def private_postgres():
 
 def test_the_sweeper_and_a_worker_ride_out_a_postgres_restart_saying_so_once(private_postgres, tmp_path):
     """A private Postgres cluster is stopped under a sweeper and a worker for a few seconds:
-    they stay up, and the sweeper says once that Postgres is away and once that it is back (it
-    used to log a traceback for each part of the pass that met the dead connection)."""
+    they stay up, and the sweeper says once that Postgres is away and once that it is back. A
+    job the worker takes meanwhile waits for Postgres and then runs (it used to fail at once,
+    burned, with a traceback, and its run waited for the sweeper)."""
     import subprocess
+    import uuid
+
+    import redis
+    import rq
 
     from runs.processes import POSTGRES_BIN
 
@@ -110,8 +115,14 @@ def test_the_sweeper_and_a_worker_ride_out_a_postgres_restart_saying_so_once(pri
         time.sleep(1)  # a few passes of the sweeper
 
         private_postgres.stop()
+        queue = rq.Queue("runs.agentops_pg_outage", connection=redis.Redis.from_url(pool.env["REDIS_URL"]))
+        queue.empty()
+        job = queue.enqueue("runs.engine.advance_run", str(uuid.uuid4()))  # a run it cannot claim
         time.sleep(3)
+        assert queue.count == 0  # taken by the worker
+        assert job.get_status(refresh=True) != "failed"
         private_postgres.start()
+        wait_for(lambda: job.get_status(refresh=True) == "finished", what="the job to run once Postgres is back")
 
         wait_for(lambda: "Postgres answers again" in sweeper_log.read_text(), what="the sweeper to see Postgres back")
         time.sleep(1)
@@ -123,6 +134,9 @@ def test_the_sweeper_and_a_worker_ride_out_a_postgres_restart_saying_so_once(pri
     assert log.count("Postgres does not answer") == 1, log
     assert log.count("Postgres answers again") == 1, log
     assert "Traceback" not in log, log
+    worker_log = (tmp_path / "worker-0.log").read_text()
+    assert worker_log.count("Postgres does not answer") == 1, worker_log
+    assert "Traceback" not in worker_log, worker_log
 
 
 def _registered_workers(env):

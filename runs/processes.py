@@ -149,3 +149,71 @@ def use_scratch_database(kind, keep=False):
     connection.settings_dict["TEST"]["NAME"] = name
     connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False, keepdb=keep)
     return name
+
+
+class PrivateRedis:
+    """A redis-server of one's own, on a free port, so stopping it touches nobody else."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.process)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class PrivatePostgres:
+    """A Postgres cluster of one's own (initdb, pg_ctl) in a temporary folder, on a free port, so
+    restarting it touches nobody else. Runs as the postgres user when this process is root."""
+
+    def __init__(self):
+        import tempfile
+
+        self.port = free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="agentops-postgres-"))
+        self.data = self.folder / "data"
+        self.user = "postgres" if os.geteuid() == 0 else None
+        if self.user:
+            import shutil
+
+            shutil.chown(self.folder, self.user)
+
+    def url(self, name):
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
+    def _run(self, *args):
+        subprocess.run(args, check=True, user=self.user, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def create(self):
+        self._run(str(POSTGRES_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                  "-E", "UTF8", "--no-sync")
+        self.start()
+
+    def start(self):
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-o", options,
+                  "-l", str(self.folder / "postgres.log"), "-w", "start")
+
+    def stop(self, mode="fast"):
+        self._run(str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def destroy(self):
+        import shutil
+
+        try:
+            self.stop("immediate")
+        except subprocess.CalledProcessError:
+            pass  # not running
+        shutil.rmtree(self.folder, ignore_errors=True)

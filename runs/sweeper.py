@@ -81,10 +81,18 @@ def last_sweep_at():
     return None if value is None else datetime.fromisoformat(value.decode()).astimezone(dt_timezone.utc)
 
 
+class DatabaseAway(Exception):
+    """The database went away during a pass: nothing more to sweep until it answers again."""
+
+
 def _part(fn, *args, **kwargs):
     try:
         result = fn(*args, **kwargs)
-    except DatabaseError:
+    except DatabaseError as error:
+        if database_away():
+            # Not this part's fault: the rest of the pass would fail the same way. The sweeper
+            # command waits for the database, saying so once (runs.outages).
+            raise DatabaseAway(str(error).strip() or type(error).__name__) from error
         log.exception("the sweeper's %s failed; the next pass tries again", fn.__name__)
         return None
     except redis.RedisError as error:
@@ -92,6 +100,13 @@ def _part(fn, *args, **kwargs):
         redis_outage.failed(error)
         return None
     return result
+
+
+def database_away():
+    """Whether this process's database connection is gone (the server stopped or restarted, the
+    network cut), rather than a statement having failed on a live connection."""
+    raw = connection.connection
+    return raw is None or raw.closed or raw.broken
 
 
 def hand_back_expired_leases():

@@ -12,12 +12,14 @@ the sweeper hands the run on, and the epoch fences any write it might still try.
 """
 
 import logging
+import time
 
-from django.db import close_old_connections, connections
+from django.db import DatabaseError, close_old_connections, connection, connections
 from psycopg.pq import TransactionStatus
 from rq import SimpleWorker, Worker
 
 from runs import live
+from runs.outages import Outage
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,36 @@ def end_of_job():
     connections.close_all()
 
 
-class ReusingWorker(SimpleWorker):
+def wait_for_database():
+    """Before a job: until the database answers. A job taken while Postgres is away would fail
+    at its first query (a traceback each), and its run would wait for the sweeper to enqueue it
+    again; held here, it runs as soon as Postgres is back. Said once per outage. The check is
+    the health check Django makes anyway at a job's first query (CONN_HEALTH_CHECKS)."""
+    outage = Outage("Postgres")
+    while True:
+        close_old_connections()
+        try:
+            connection.close_if_health_check_failed()
+            connection.ensure_connection()
+        except DatabaseError as error:
+            connection.close()
+            time.sleep(outage.failed(error))
+            continue
+        outage.recovered()
+        return
+
+
+class WaitsForDatabase:
+    def perform_job(self, job, queue):
+        wait_for_database()
+        return super().perform_job(job, queue)
+
+
+class ForkingWorker(WaitsForDatabase, Worker):
+    """RQ's Worker: a work horse per job, which waits for the database before the job."""
+
+
+class ReusingWorker(WaitsForDatabase, SimpleWorker):
     """Runs each job in this process and keeps the database connections between jobs.
 
     Before and after every job, Django's close_old_connections() closes a connection that is
@@ -77,7 +108,6 @@ class ReusingWorker(SimpleWorker):
             raise
 
     def perform_job(self, job, queue):
-        close_old_connections()
         result = None
         try:
             result = super().perform_job(job, queue)  # None or True when done, False when it raised
@@ -109,4 +139,4 @@ def in_transaction(conn):
 
 
 def worker_class(fork):
-    return Worker if fork else ReusingWorker
+    return ForkingWorker if fork else ReusingWorker

@@ -3,39 +3,19 @@ stopped for real under them and started again; they wait with backoff, say so on
 runs started meanwhile run once it is back."""
 
 import signal
-import subprocess
+import sys
 import time
 
 import pytest
 
 from runs.models import Run
 from runs.moves import start_run
-from runs.processes import free_port, wait_for_port
+from runs.processes import PrivateRedis
 from tests.agents import TEST
 from tests.conftest import Workers, wait_for
 from tools.demo.models import LedgerCall
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, so stopping it touches nobody else."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = None
-
-    def start(self):
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port, self.process)
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -95,3 +75,96 @@ def _registered(server):
     import redis
 
     return bool(redis.Redis.from_url(server.url).keys("rq:worker:*"))
+
+
+@pytest.fixture
+def private_postgres():
+    from runs.processes import PrivatePostgres
+
+    server = PrivatePostgres()
+    server.create()
+    yield server
+    server.destroy()
+
+
+def test_the_sweeper_and_a_worker_ride_out_a_postgres_restart_saying_so_once(private_postgres, tmp_path):
+    """A private Postgres cluster is stopped under a sweeper and a worker for a few seconds:
+    they stay up, and the sweeper says once that Postgres is away and once that it is back. A
+    job the worker takes meanwhile waits for Postgres and then runs (it used to fail at once,
+    burned, with a traceback, and its run waited for the sweeper)."""
+    import subprocess
+    import uuid
+
+    import redis
+    import rq
+
+    from runs.processes import POSTGRES_BIN
+
+    subprocess.run([str(POSTGRES_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(private_postgres.port),
+                    "-U", "postgres", "agentops_pg_outage"], check=True)
+    url = private_postgres.url("agentops_pg_outage")
+    pool = Workers(tmp_path, DATABASE_URL=url)
+    try:
+        migrate = subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], env=pool.env,
+                                 capture_output=True, text=True, timeout=120)
+        assert migrate.returncode == 0, migrate.stderr
+        worker = pool.start()
+        sweeper = pool.sweeper()
+        sweeper_log = tmp_path / "sweeper.log"
+        wait_for(lambda: _registered_workers(pool.env), what="the worker to start")
+        time.sleep(1)  # a few passes of the sweeper
+
+        private_postgres.stop()
+        queue = rq.Queue("runs.agentops_pg_outage", connection=redis.Redis.from_url(pool.env["REDIS_URL"]))
+        queue.empty()
+        job = queue.enqueue("runs.engine.advance_run", str(uuid.uuid4()))  # a run it cannot claim
+        time.sleep(3)
+        assert queue.count == 0  # taken by the worker
+        assert job.get_status(refresh=True) != "failed"
+        private_postgres.start()
+        wait_for(lambda: job.get_status(refresh=True) == "finished", what="the job to run once Postgres is back")
+
+        wait_for(lambda: "Postgres answers again" in sweeper_log.read_text(), what="the sweeper to see Postgres back")
+        time.sleep(1)
+        assert worker.poll() is None, (tmp_path / "worker-0.log").read_text()
+        assert sweeper.poll() is None, sweeper_log.read_text()
+    finally:
+        pool.stop_all()
+    log = sweeper_log.read_text()
+    assert log.count("Postgres does not answer") == 1, log
+    assert log.count("Postgres answers again") == 1, log
+    assert "Traceback" not in log, log
+    worker_log = (tmp_path / "worker-0.log").read_text()
+    assert worker_log.count("Postgres does not answer") == 1, worker_log
+    assert "Traceback" not in worker_log, worker_log
+
+
+def _registered_workers(env):
+    import redis
+
+    return bool(redis.Redis.from_url(env["REDIS_URL"]).keys("rq:worker:*"))
+
+
+def test_a_sweep_whose_database_goes_away_midway_stops_without_a_traceback_per_part(transactional_db, caplog):
+    """Seen under `manage.py faults`: Postgres stopped in the middle of a pass, and each part of
+    the pass logged its own traceback. The pass now stops at the first part that finds the
+    connection gone, for the sweeper command to wait for the database and say so once. (The
+    connection killed here is this test's own backend, on the suite's server.)"""
+    import psycopg
+    from django.db import connection
+
+    from runs.processes import database_url
+    from runs.sweeper import DatabaseAway, sweep
+
+    sweep()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    with psycopg.connect(database_url(), autocommit=True) as killer:
+        killer.execute("SELECT pg_terminate_backend(%s)", [backend])
+    try:
+        with pytest.raises(DatabaseAway):
+            sweep()
+    finally:
+        connection.close()
+    assert "failed; the next pass tries again" not in caplog.text

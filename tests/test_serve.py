@@ -73,47 +73,113 @@ def test_it_refuses_a_port_in_use(transactional_db):
     assert f"port {port} on 127.0.0.1 is in use" in result.stderr
 
 
-def test_what_a_child_left_behind_is_stopped_with_it(transactional_db):
-    """Seen on a loaded machine: a worker that stopped while RQ forked its scheduler left the
-    scheduler running, holding serve's output open, so serve's caller never saw it end. Here the
-    worker dies abruptly (SIGKILL) and leaves its scheduler behind: serve, which stops on a dead
-    child, must stop that too."""
+def start_serve(port, log_path, *args):
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port), *args],
+        cwd=PROJECT_DIR, env=subprocess_env(), stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+    )
+
+
+def stop_serve(process, started):
+    """Ctrl-C; and if serve did not stop, what it started is killed (each child in its own
+    session: gone with serve only if serve stops it)."""
+    import os
+
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for pid in started:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def test_a_killed_worker_is_replaced_what_it_left_behind_is_stopped_and_runs_go_on(transactional_db, operator, tmp_path):
+    """Issue 11, "stay up": a worker SIGKILLed under serve used to take everything down. Serve
+    starts it again; the scheduler it forked and left behind (seen on a loaded machine, holding
+    serve's output open) is stopped with it; a run started afterwards completes on the new one."""
+    import json
     import os
     import time
+
+    from tests.conftest import wait_for
 
     # The scheduler starts only where it can take the queue's lock: one killed by an earlier
     # test keeps it for a while.
     empty_run_queue()
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port)],
-        cwd=PROJECT_DIR, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    log_path = tmp_path / "serve.log"
+    process = start_serve(port, log_path, "--workers", "1")
     started = []
     try:
         wait_for_port(port, process)
-        worker = next(pid for pid in children_of(process.pid)
+        started = children_of(process.pid)
+        worker = next(pid for pid in started
                       if b"--with-scheduler" in Path(f"/proc/{pid}/cmdline").read_bytes())
         deadline = time.monotonic() + 30
         while not children_of(worker) and time.monotonic() < deadline:
             time.sleep(0.1)
         scheduler = children_of(worker)[0]
 
-        started = children_of(process.pid)
         os.kill(worker, signal.SIGKILL)
-        output, _ = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            for pid in started:  # each in its own session: gone with serve only if it stops them
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
 
-    assert process.returncode == 1, output
-    assert "exited with status" in output
-    assert not is_running(scheduler)
+        wait_for(lambda: len(set(children_of(process.pid)) - set(started)) == 1, what="serve to start a new worker")
+        wait_for(lambda: not is_running(scheduler), what="the scheduler left behind to be stopped")
+        assert "worker-1 was killed by SIGKILL: starting it again in 0.5 s" in log_path.read_text()
+        assert process.poll() is None
+        started = children_of(process.pid)
+
+        result = subprocess.run(
+            [sys.executable, "manage.py", "start_run", "t_echo_agent", "--user", "otto",
+             "--input", '{"text": "after the kill"}', "--wait", "--timeout", "60"],
+            cwd=PROJECT_DIR, env=subprocess_env(), capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "after the kill" in json.dumps(json.loads(result.stdout.splitlines()[-1]))
+    finally:
+        stop_serve(process, started)
+        empty_run_queue()
+    assert process.returncode == 0, log_path.read_text()
+    assert [pid for pid in started if is_running(pid)] == []
+
+
+def test_a_child_that_keeps_crashing_ends_serve_naming_it_and_why(transactional_db, tmp_path):
+    """The web server, SIGKILLed, is started again; with its port taken meanwhile it crashes at
+    every start: after a few restarts with backoff serve gives up, names it, its exit status and
+    its last output, and stops the rest."""
+    import os
+    import socket
+
+    from tests.conftest import wait_for
+
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    process = start_serve(port, log_path)
+    started = []
+    try:
+        wait_for_port(port, process)
+        started = children_of(process.pid)
+        web = next(pid for pid in started if b"daphne" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        os.kill(web, signal.SIGKILL)
+        wait_for(lambda: not is_running(web) or web not in children_of(process.pid), what="daphne to die")
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            wait_for(lambda: process.poll() is not None, timeout=80, what="serve to give up on the web server")
+    finally:
+        stop_serve(process, started)
+    log = log_path.read_text()
+    assert process.returncode == 1, log
+    assert "web was killed by SIGKILL: starting it again in 0.5 s" in log
+    assert "web keeps crashing: it exited with status 1 after 5 restarts within 60 s" in log
+    assert "Address already in use" in log.split("keeps crashing")[1]
+    assert [pid for pid in started if is_running(pid)] == []
 
 
 # Fault 6, second half (issue 10): changing an agent's code needed a restart that nothing

@@ -1,5 +1,6 @@
-"""Agents and tools that prove the runtime: the chaos agent (`manage.py chaos`) and the
-benchmark agents (`manage.py bench_journal`).
+"""Agents and tools that prove the runtime: the chaos agent (`manage.py chaos`, `manage.py
+faults`), the poison agent (`manage.py faults`) and the benchmark agents (`manage.py
+bench_journal`).
 
 The chaos tools act on LedgerCall, a table that stands for the outside world and records every
 call they receive, so the chaos command can count effects that happened twice. Their writes are
@@ -7,7 +8,9 @@ undone by chaos_undo, which acts on the ledger too, so `chaos --rollback` can co
 compensations that happened twice.
 """
 
+import os
 import random
+import signal
 import time
 
 from django.db import IntegrityError, connection, transaction
@@ -145,6 +148,29 @@ def chaos(ctx, request: ChaosInput) -> ChaosOutput:
     if request.fail_at_end:
         raise AskedToFail(f"account {n}: failing after the last step, as asked (chaos --rollback)")
     return ChaosOutput(account=n, total=balance + 3 * (n + 1))
+
+
+# Poison: a tool that kills the process that calls it, every time (`manage.py faults`). The
+# run can never finish a step: the sweeper hands it on at each lost lease until
+# RUN_LOST_LEASES_LIMIT parks it in needs_attention. Each call is recorded in the ledger first
+# (executed=False: it has no effect), so that the calls can be counted.
+
+
+class Poison(BaseModel):
+    account: int = Field(ge=0)
+
+
+@tool(effect="read", listed=False)
+def poison_kill_worker(args: Poison) -> dict:
+    """Read that SIGKILLs its own process: a worker crash the run causes, every time."""
+    LedgerCall.objects.create(key=f"poison:{args.account}", tool="poison_kill_worker", executed=False, amount=1)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {}  # never reached
+
+
+@agent("poison")
+def poison(ctx, request: Poison) -> dict:
+    return ctx.tool("poison_kill_worker", account=request.account)
 
 
 # Benchmarks: tools that do nothing, so that what is measured is the journal.

@@ -139,7 +139,7 @@ class Command(BaseCommand):
         if operator:
             return self.report_rollbacks(operator, run_ids, unsettled, elapsed, kills)
 
-        report = self.compare_with_ledger(run_ids, unsettled)
+        report = compare_with_ledger(run_ids, unsettled)
         self.stdout.write(
             f"chaos: settled in {elapsed:.1f}s; {report['reconciled']} in-doubt steps reconciled, "
             f"{report['rerun']} idempotent writes re-run after a crash"
@@ -154,63 +154,6 @@ class Command(BaseCommand):
         sys.stdout.flush()
         if report["lost"] or report["duplicates"]:
             sys.exit(1)
-
-    def compare_with_ledger(self, run_ids, unsettled):
-        """Compare each run's journal with the ledger."""
-        # Imported here, not at the top: the demo's models can be imported only when its app is
-        # installed, and without it this command must still load to say so (require_demo).
-        from tools.demo.proving import CHAOS_STEPS, chaos_expected_total
-
-        step_count = len(CHAOS_STEPS)
-        problems = []
-        lost = set(unsettled)
-        for run_id in unsettled:
-            problems.append(f"run {run_id} never settled")
-        keys = {f"{run_id}:{seq}" for run_id in run_ids for seq in range(1, step_count + 1)}
-        effects, duplicates = effects_in_ledger(run_ids, keys, problems)
-
-        outcomes = {}
-        for run_id, seq in JournalEntry.objects.filter(
-            run_id__in=run_ids, phase="outcome", status="succeeded"
-        ).values_list("run_id", "seq"):
-            outcomes.setdefault(run_id, set()).add(seq)
-
-        counts = Counter()
-        for run in Run.objects.filter(id__in=run_ids):
-            counts[run.status] += 1
-            done = outcomes.get(run.id, set())
-            if run.status == RunStatus.SUCCEEDED:
-                expected = chaos_expected_total(run.input["account"])
-                if run.output != {"account": run.input["account"], "total": expected}:
-                    problems.append(f"run {run.id} returned {run.output}, expected total {expected}")
-                    lost.add(run.id)
-                if done != set(range(1, step_count + 1)):
-                    problems.append(f"run {run.id} succeeded with journaled steps {sorted(done)}")
-                    lost.add(run.id)
-            elif run.status == RunStatus.NEEDS_ATTENTION:
-                if JournalEntry.in_doubt(run.id) is None:
-                    problems.append(f"run {run.id} needs attention without a step in doubt: {run.status_reason}")
-                    lost.add(run.id)
-            elif run.id not in unsettled:
-                problems.append(f"run {run.id} ended {run.status}: {run.error or run.status_reason}")
-                lost.add(run.id)
-            # Every effect in the outside world has its journaled outcome, or is the step in doubt.
-            in_doubt = JournalEntry.in_doubt(run.id)
-            for seq in range(1, step_count + 1):
-                if effects.get(f"{run.id}:{seq}") and seq not in done and not (in_doubt and in_doubt.seq == seq):
-                    problems.append(f"run {run.id} step {seq} took effect but its outcome is not journaled")
-                    lost.add(run.id)
-
-        reconciled, rerun = recoveries(run_ids, "chaos_deposit")
-        return {
-            "succeeded": counts[RunStatus.SUCCEEDED],
-            "needs_attention": counts[RunStatus.NEEDS_ATTENTION],
-            "lost": len(lost),
-            "duplicates": len(duplicates),
-            "problems": problems,
-            "reconciled": reconciled,
-            "rerun": rerun,
-        }
 
     def report_rollbacks(self, operator, run_ids, unsettled, elapsed, kills):
         report = compare_rollbacks_with_ledger(operator, run_ids, unsettled)
@@ -238,6 +181,65 @@ class Command(BaseCommand):
                 f"{duplicates} compensations took effect twice, {lost} runs lost, "
                 f"{report['duplicate_effects']} effects twice"
             )
+
+
+def compare_with_ledger(run_ids, unsettled):
+    """Compare each chaos run's journal with the ledger (`unsettled`: the runs that never
+    settled); also used by `manage.py faults`."""
+    # Imported here, not at the top: the demo's models can be imported only when its app is
+    # installed, and without it this command must still load to say so (require_demo).
+    from tools.demo.proving import CHAOS_STEPS, chaos_expected_total
+
+    step_count = len(CHAOS_STEPS)
+    problems = []
+    lost = set(unsettled)
+    for run_id in unsettled:
+        problems.append(f"run {run_id} never settled")
+    keys = {f"{run_id}:{seq}" for run_id in run_ids for seq in range(1, step_count + 1)}
+    effects, duplicates = effects_in_ledger(run_ids, keys, problems)
+
+    outcomes = {}
+    for run_id, seq in JournalEntry.objects.filter(
+        run_id__in=run_ids, phase="outcome", status="succeeded"
+    ).values_list("run_id", "seq"):
+        outcomes.setdefault(run_id, set()).add(seq)
+
+    counts = Counter()
+    for run in Run.objects.filter(id__in=run_ids):
+        counts[run.status] += 1
+        done = outcomes.get(run.id, set())
+        if run.status == RunStatus.SUCCEEDED:
+            expected = chaos_expected_total(run.input["account"])
+            if run.output != {"account": run.input["account"], "total": expected}:
+                problems.append(f"run {run.id} returned {run.output}, expected total {expected}")
+                lost.add(run.id)
+            if done != set(range(1, step_count + 1)):
+                problems.append(f"run {run.id} succeeded with journaled steps {sorted(done)}")
+                lost.add(run.id)
+        elif run.status == RunStatus.NEEDS_ATTENTION:
+            if JournalEntry.in_doubt(run.id) is None:
+                problems.append(f"run {run.id} needs attention without a step in doubt: {run.status_reason}")
+                lost.add(run.id)
+        elif run.id not in unsettled:
+            problems.append(f"run {run.id} ended {run.status}: {run.error or run.status_reason}")
+            lost.add(run.id)
+        # Every effect in the outside world has its journaled outcome, or is the step in doubt.
+        in_doubt = JournalEntry.in_doubt(run.id)
+        for seq in range(1, step_count + 1):
+            if effects.get(f"{run.id}:{seq}") and seq not in done and not (in_doubt and in_doubt.seq == seq):
+                problems.append(f"run {run.id} step {seq} took effect but its outcome is not journaled")
+                lost.add(run.id)
+
+    reconciled, rerun = recoveries(run_ids, "chaos_deposit")
+    return {
+        "succeeded": counts[RunStatus.SUCCEEDED],
+        "needs_attention": counts[RunStatus.NEEDS_ATTENTION],
+        "lost": len(lost),
+        "duplicates": len(duplicates),
+        "problems": problems,
+        "reconciled": reconciled,
+        "rerun": rerun,
+    }
 
 
 def effects_in_ledger(run_ids, keys, problems):

@@ -8,7 +8,7 @@ from django.db import DatabaseError, close_old_connections, connection
 
 from runs.outages import Outage
 from runs.processes import stop_requested
-from runs.sweeper import sweep
+from runs.sweeper import DatabaseAway, sweep
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,10 @@ class Command(BaseCommand):
                 delay = interval
                 try:
                     handed_back = sweep()  # it beats for `manage.py health sweeper`
+                except DatabaseAway as error:
+                    connection.close()
+                    delay = postgres.failed(error)
+                    handed_back = 0
                 except Exception:
                     log.exception("sweep failed; the next pass tries again")
                     handed_back = 0

@@ -75,3 +75,15 @@ def download_history(request: HttpRequest, run_id) -> HttpResponse:
                             content_type="application/json")
     response["Content-Disposition"] = f'attachment; filename="run-{str(run.id)[:8]}-history.json"'
     return response
+
+
+@permission_required("runs.view_run", raise_exception=True)
+def download_part(request: HttpRequest, run_id, part) -> HttpResponse:
+    """A run's whole input or output as a file: the run page shows a large one cut short."""
+    run = Run.objects.filter(id=run_id).only(part).first()
+    if run is None:
+        raise Http404("there is no such run")
+    response = HttpResponse(json.dumps(getattr(run, part), indent=2, ensure_ascii=False),
+                            content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="run-{str(run.id)[:8]}-{part}.json"'
+    return response

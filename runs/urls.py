@@ -11,6 +11,8 @@ urlpatterns = [
     path("runs/start/", starting.choose_agent, name="start"),
     path("runs/start/<str:agent_name>/", starting.start_form, name="start_agent"),
     path("runs/<uuid:run_id>/history.json", history.download_history, name="history"),
+    path("runs/<uuid:run_id>/input.json", history.download_part, {"part": "input"}, name="input"),
+    path("runs/<uuid:run_id>/output.json", history.download_part, {"part": "output"}, name="output"),
     # Before the action pattern below, which "run-again" would match too.
     path("runs/<uuid:run_id>/run-again/", starting.run_again, name="run_again"),
     path("runs/<uuid:run_id>/<slug:action>/", views.run_action, name="action"),

@@ -94,6 +94,26 @@ def pretty_json(value):
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
 
+# Past this many characters, a run's input or output is shown folded and cut, with a link to the
+# whole: the page stays fast (and so do its live updates) when an agent is handed a megabyte.
+JSON_PREVIEW_CHARS = 20_000
+
+
+@register.simple_tag
+def json_details(value, label, download_url):
+    """A run's input or output for people: open and whole when small; folded, cut to
+    JSON_PREVIEW_CHARS, with its size and a download link when large."""
+    text = pretty_json(value)
+    if len(text) <= JSON_PREVIEW_CHARS:
+        return format_html("<details open><summary>{}</summary><pre>{}</pre></details>", label, text)
+    return format_html(
+        '<details class="large"><summary>{} ({} KB; the first {} KB shown)</summary>'
+        '<p><a href="{}" download>Download the whole {} (JSON)</a></p><pre>{}\n…</pre></details>',
+        label, f"{len(text.encode()) // 1024:,}", JSON_PREVIEW_CHARS // 1000, download_url, label.lower(),
+        text[:JSON_PREVIEW_CHARS],
+    )
+
+
 @register.filter
 def duration(value):
     """A timedelta or milliseconds as 850 ms, 12.3 s, 4 min 05 s, 2 h 10 min."""

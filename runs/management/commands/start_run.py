@@ -1,6 +1,7 @@
 """Start a run of an agent, in the name of a user who may start runs; with --wait, follow it.
 
-    python manage.py start_run AGENT --input JSON [--user NAME] [--idempotency-key KEY]
+    python manage.py start_run AGENT [--input JSON | --input-file PATH (- for stdin)] [--user NAME]
+                               [--idempotency-key KEY]
                                [--wait [--timeout SECONDS]]
 
 With --wait it prints each change of the run (its status, and each step as it is journaled),
@@ -12,7 +13,9 @@ must do what, and where (a link under the SITE_URL setting).
 """
 
 import json
+import sys
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -38,16 +41,20 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         add_user_argument(parser)
         parser.add_argument("agent")
-        parser.add_argument("--input", default="{}", help="the agent's input, as JSON")
+        given = parser.add_mutually_exclusive_group()
+        given.add_argument("--input", default=None, help="the agent's input, as JSON (default {})")
+        given.add_argument("--input-file", default=None, metavar="PATH",
+                           help="read the input from a JSON file (- for standard input): for large inputs")
         parser.add_argument("--idempotency-key", help="starting the same key again returns the same run")
         parser.add_argument("--wait", action="store_true", help="follow the run until it settles or a person must act")
         parser.add_argument("--timeout", type=float, default=300, help="seconds to wait, with --wait")
 
-    def handle(self, *args, username, agent, input, idempotency_key, wait, timeout, **options):
+    def handle(self, *args, username, agent, input, input_file, idempotency_key, wait, timeout, **options):
+        source, text = ("--input", input or "{}") if input_file is None else (input_file, self.read(input_file))
         try:
-            data = storable.loads(input)
+            data = storable.loads(text)
         except json.JSONDecodeError as error:
-            raise CommandError(f"--input is not JSON: {error}") from None
+            raise CommandError(f"{source} is not JSON: {error}") from None
         actor = operator(username, "runs.start_run", "start runs")
         try:
             # The service the start form uses: the same checks, audited in the user's name.
@@ -62,6 +69,14 @@ class Command(BaseCommand):
             )
         if wait:
             self.follow(run, timeout)
+
+    def read(self, path):
+        if path == "-":
+            return sys.stdin.read()
+        try:
+            return Path(path).read_text()
+        except OSError as error:
+            raise CommandError(f"--input-file {path}: {error.strerror}") from None
 
     def follow(self, run, timeout):
         deadline = time.monotonic() + timeout

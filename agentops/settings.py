@@ -221,7 +221,13 @@ _LOCKOUT_MINUTES = envint("LOGIN_LOCKOUT_MINUTES", 15)
 if _LOCKOUT_MINUTES < 1:
     raise refused("LOGIN_LOCKOUT_MINUTES", f"LOGIN_LOCKOUT_MINUTES={_LOCKOUT_MINUTES} must be at least 1")
 AXES_COOLOFF_TIME = timedelta(minutes=_LOCKOUT_MINUTES)
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# What a lockout locks: the username, the address, or both (each on its own). Behind a reverse
+# proxy every login comes from the proxy's address, so lock by username only there.
+_LOCKOUT_BY = {"username": "username", "address": "ip_address"}
+_lockout_by = envlist("LOGIN_LOCKOUT_BY", ["username", "address"])
+if not _lockout_by or set(_lockout_by) - set(_LOCKOUT_BY):
+    raise refused("LOGIN_LOCKOUT_BY", f"LOGIN_LOCKOUT_BY={','.join(_lockout_by)!r}: use username, address, or both")
+AXES_LOCKOUT_PARAMETERS = [_LOCKOUT_BY[name] for name in _lockout_by]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 # The attempts are kept in Postgres; Axes' own log lines say what the audit says.

@@ -206,3 +206,26 @@ def test_a_command_in_a_shell_without_settings_says_what_to_set_in_one_line():
         f"or turn DEBUG on for local use: set SECRET_KEY in {PROJECT_DIR / '.env'} (`make up` writes one; "
         ".env.example lists every variable)"
     )
+
+
+@pytest.mark.parametrize("name, value, says", [
+    ("LOGIN_LOCKOUT_BY", "ip", "use username, address, or both"),
+    ("LOGIN_LOCKOUT_MINUTES", "0", "must be at least 1"),
+    ("RUN_INPUT_MAX_BYTES", "0", "must be at least 1"),
+    ("RUN_LOST_LEASES_LIMIT", "0", "must be at least 1"),
+])
+def test_the_hardening_settings_refuse_what_they_cannot_enforce(name, value, says):
+    result = load_settings(**{name: value})
+
+    assert result.returncode != 0
+    assert name in last_line(result) and says in last_line(result)
+
+
+def test_a_lockout_by_username_only_leaves_the_address_alone():
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_SETTINGS + "; from django.conf import settings; print(settings.AXES_LOCKOUT_PARAMETERS)"],
+        cwd=PROJECT_DIR, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "SECRET_KEY": "k", "DEBUG": "0", "DOTENV_FILE": "",
+             "LOGIN_LOCKOUT_BY": "username", "DJANGO_SETTINGS_MODULE": "agentops.settings"},
+    )
+    assert result.stdout.strip() == "['username']", result.stderr

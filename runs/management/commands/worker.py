@@ -20,7 +20,7 @@ from django.db import connections
 
 from runs import live
 from runs.health import BeatingThread
-from runs.outages import Outage
+from runs.outages import MAX_DELAY_SECONDS, Outage
 from runs.processes import stop_requested
 from runs.queue import reachable, run_queue
 from runs.workers import WORKER_TTL_SECONDS, worker_class
@@ -82,6 +82,9 @@ class Command(BaseCommand):
         connections.close_all()
         worker = worker_class(fork)([queue], connection=queue.connection, name=name,
                                     worker_ttl=WORKER_TTL_SECONDS)
+        # RQ retries a lost Redis itself while it waits for a job, backing off up to a minute:
+        # with our cap, a Redis that is back is noticed as soon as by the rest of us.
+        worker.max_connection_wait_time = MAX_DELAY_SECONDS
         try:
             worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING")
         except redis.RedisError:

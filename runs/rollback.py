@@ -17,7 +17,7 @@ compensation_failed with the step that needs a person (runs.moves).
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from django.utils import timezone
 from pydantic import BaseModel
@@ -28,7 +28,7 @@ from runs.agents import ROLLBACK_AGENT, agent
 from runs.models import JournalEntry, Run, RunStatus
 from runs.recorder import ToolError, canonical_json, hash_json
 from tools.models import Approval, ApprovalStatus
-from tools.models import redact
+from tools.models import Redactor
 from tools.registry import TOOLS, WRITING_EFFECTS, ContractViolation
 
 S = RunStatus
@@ -91,7 +91,12 @@ def plan_for(run, after_seq=None):
     for member, since in _tree(run, since or None):
         found += _writes_of(member, since)
     found.sort(key=lambda item: (item[0], item[1], item[2]), reverse=True)
-    return Plan(run_id=str(run.id), after_seq=after_seq, steps=[step for *_, step in found])
+    steps = [step for *_, step in found]
+    # What people see of each compensation's arguments: one query for the whole plan.
+    redact = Redactor(step.compensation for step in steps if step.args is not None)
+    steps = [replace(step, shown_args=redact(step.compensation, step.args)) if step.args is not None else step
+             for step in steps]
+    return Plan(run_id=str(run.id), after_seq=after_seq, steps=steps)
 
 
 def _tree(run, after_seq):
@@ -144,8 +149,7 @@ def _undo(run, seq, outcome, args):
     except (ContractViolation, KeyError, TypeError, ValueError) as error:
         return PlanStep(**base, action=IRREVERSIBLE, compensation=compensation,
                         why=f"irreversible: the arguments of {compensation!r} could not be built ({error})")
-    return PlanStep(**base, action=COMPENSATE, compensation=compensation, args=checked,
-                    shown_args=redact(compensation, checked))
+    return PlanStep(**base, action=COMPENSATE, compensation=compensation, args=checked)
 
 
 # The built-in agent ------------------------------------------------------------------------
@@ -230,6 +234,7 @@ def _approve_as_confirmed(undo_run, compensations, actor):
     request per step of the rollback run (step N calls the plan's Nth compensation), so the
     policy's approval rule finds its answer and asks nobody again."""
     now = timezone.now()
+    redact = Redactor(step["compensation"] for step in compensations)
     Approval.objects.bulk_create([
         Approval(
             run=undo_run, seq=seq, tool=step["compensation"], agent=ROLLBACK_AGENT,

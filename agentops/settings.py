@@ -80,14 +80,19 @@ def envbool(name, default):
     raise refused(name, f"{name}={value!r} is not understood (use one of 1, true, yes, on, 0, false, no, off)")
 
 
-def envint(name, default):
+def envint(name, default, minimum=None):
+    """A whole number; with `minimum`, one below it is refused (a setting nothing could enforce)."""
     value = env(name)
     if value is None or value.strip() == "":
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise refused(name, f"{name}={value!r} is not a whole number") from None
+    if minimum is not None and number < minimum:
+        least = "at least 1" if minimum == 1 else f"{minimum} or more"
+        raise refused(name, f"{name}={number} must be {least}")
+    return number
 
 
 def envlist(name, default):
@@ -214,12 +219,8 @@ AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
-AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5)
-if AXES_FAILURE_LIMIT < 1:
-    raise refused("LOGIN_FAILURE_LIMIT", f"LOGIN_FAILURE_LIMIT={AXES_FAILURE_LIMIT} must be at least 1")
-_LOCKOUT_MINUTES = envint("LOGIN_LOCKOUT_MINUTES", 15)
-if _LOCKOUT_MINUTES < 1:
-    raise refused("LOGIN_LOCKOUT_MINUTES", f"LOGIN_LOCKOUT_MINUTES={_LOCKOUT_MINUTES} must be at least 1")
+AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+_LOCKOUT_MINUTES = envint("LOGIN_LOCKOUT_MINUTES", 15, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=_LOCKOUT_MINUTES)
 # What a lockout locks: the username, the address, or both (each on its own). Behind a reverse
 # proxy every login comes from the proxy's address, so lock by username only there.
@@ -310,25 +311,17 @@ for _module in AGENT_MODULES:
         )
 # How long a worker's claim on a run lasts without a heartbeat. A run whose worker died is
 # taken over this long after the last heartbeat (heartbeats come three times per lease).
-RUN_LEASE_SECONDS = envint("RUN_LEASE_SECONDS", 30)
-if RUN_LEASE_SECONDS < 1:
-    raise refused("RUN_LEASE_SECONDS", f"RUN_LEASE_SECONDS={RUN_LEASE_SECONDS} must be at least 1")
+RUN_LEASE_SECONDS = envint("RUN_LEASE_SECONDS", 30, minimum=1)
 # The largest run input any door accepts, in bytes of JSON (runs.moves.start_run).
-RUN_INPUT_MAX_BYTES = envint("RUN_INPUT_MAX_BYTES", 1_000_000)
-if RUN_INPUT_MAX_BYTES < 1:
-    raise refused("RUN_INPUT_MAX_BYTES", f"RUN_INPUT_MAX_BYTES={RUN_INPUT_MAX_BYTES} must be at least 1")
+RUN_INPUT_MAX_BYTES = envint("RUN_INPUT_MAX_BYTES", 1_000_000, minimum=1)
 
 # A run whose lease lapses this many times in a row without a step finishing (its worker died
 # at the same place each time: a crash, an out-of-memory kill) needs attention instead of
 # being handed on again (runs.sweeper).
-RUN_LOST_LEASES_LIMIT = envint("RUN_LOST_LEASES_LIMIT", 3)
-if RUN_LOST_LEASES_LIMIT < 1:
-    raise refused("RUN_LOST_LEASES_LIMIT", f"RUN_LOST_LEASES_LIMIT={RUN_LOST_LEASES_LIMIT} must be at least 1")
+RUN_LOST_LEASES_LIMIT = envint("RUN_LOST_LEASES_LIMIT", 3, minimum=1)
 
 # How often the sweeper looks for expired leases and overdue wake-ups.
-SWEEP_INTERVAL_SECONDS = envint("SWEEP_INTERVAL_SECONDS", 5)
-if SWEEP_INTERVAL_SECONDS < 1:
-    raise refused("SWEEP_INTERVAL_SECONDS", f"SWEEP_INTERVAL_SECONDS={SWEEP_INTERVAL_SECONDS} must be at least 1")
+SWEEP_INTERVAL_SECONDS = envint("SWEEP_INTERVAL_SECONDS", 5, minimum=1)
 
 # Whether a worker runs each job in a forked work horse (RQ's Worker: a new process, database
 # connection and Redis connection per job) or in itself (RQ's SimpleWorker, keeping its
@@ -351,9 +344,7 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 # HTTPS, for a site served over it (docs/security.md has the production settings; `manage.py
 # check --deploy` is clean with them). All off by default, so the local http:// path works.
 # Strict-Transport-Security: how long browsers must use only HTTPS for this host (0: no header).
-SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0)
-if SECURE_HSTS_SECONDS < 0:
-    raise refused("SECURE_HSTS_SECONDS", f"SECURE_HSTS_SECONDS={SECURE_HSTS_SECONDS} must be 0 or more")
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
 # Answer a plain http:// request with a redirect to https://.

@@ -138,9 +138,8 @@ def _children_tree(run):
 @permission_required("runs.view_run", raise_exception=True)
 def run_detail(request: HttpRequest, run_id) -> HttpResponse:
     run = _get_run(run_id)
-    for name in ("from", "to"):
-        whole_number(request.GET, name)  # anything but digits is a 400 that names it
-    first, last = seq_param(request.GET, "from"), seq_param(request.GET, "to")
+    # The window ?from=SEQ&to=SEQ: anything but digits is a 400 that names it; 0 is no bound.
+    first, last = (whole_number(request.GET, name) or None for name in ("from", "to"))
     context = run_context(run, user=request.user, first_seq=first, last_seq=last)
     context["shown"] = urlencode({
         "controls": state_key(controls_state(context)), "steps": state_key(steps_state(context)),
@@ -150,7 +149,8 @@ def run_detail(request: HttpRequest, run_id) -> HttpResponse:
 
 
 def seq_param(params, name):
-    """A step number from the query (?from=SEQ&to=SEQ choose the window), or None."""
+    """A step number from a live socket's query (the window its page was given), or None: a
+    socket has no 400 to answer with, so anything else shows every step."""
     value = params.get(name, "")
     # ASCII digits only: str.isdigit() accepts "²", which int() refuses.
     return int(value) if value.isascii() and value.isdigit() and int(value) >= 1 else None

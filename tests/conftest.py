@@ -169,11 +169,14 @@ class Workers:
         return process
 
     def stop_all(self):
+        """Kill each process and everything it started: its session's process group, so a
+        scheduler or work horse left behind by a worker that died first goes too (it would keep
+        the queue's scheduler lock, and later tests would start without a scheduler)."""
         for process in self.processes:
-            if process.poll() is None:
-                for pid in children(process.pid):
-                    signal_quietly(pid, signal.SIGKILL)
-                process.kill()
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             process.wait(timeout=10)
 
 

@@ -123,9 +123,7 @@ def test_a_run_whose_worker_dies_at_the_same_step_again_and_again_needs_attentio
     while Run.objects.get(id=run.id).status not in ("needs_attention", "failed", "succeeded"):
         assert time.monotonic() < deadline, f"the run is still {Run.objects.get(id=run.id).status}"
         if all(process.poll() is not None for process in workers.processes[1:]):
-            # The last one died in the tool: another takes the run. (Without a scheduler: a
-            # worker killed this way would leave its scheduler behind, holding the queue's lock.)
-            workers.start(scheduler=False)
+            workers.start()  # the last one died in the tool: another takes the run
         time.sleep(0.2)
     run.refresh_from_db()
     assert run.status == "needs_attention"

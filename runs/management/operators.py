@@ -8,10 +8,12 @@ the action in that user's name, as it does for the page.
 """
 
 import getpass
+import json
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
 
+from runs import storable
 from runs.actors import Actor
 from runs.roles import role_needed
 
@@ -56,3 +58,12 @@ def operator(username, permission, doing):
             "which an admin gives in the admin's Users page"
         )
     return Actor.for_user(user)
+
+
+def json_option(text, option):
+    """A command's JSON option (--input, --result), read as the pages read JSON (nesting
+    limited); a CommandError naming the option when it is not JSON."""
+    try:
+        return storable.loads(text)
+    except json.JSONDecodeError as error:
+        raise CommandError(f"{option} is not JSON: {error}") from None

@@ -1,10 +1,7 @@
-import json
-
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from runs import storable
-from runs.management.operators import add_user_argument, operator
+from runs.management.operators import add_user_argument, json_option, operator
 from runs.models import Run
 from runs.services import NOT_EDITED, ActionRefused, fork_run
 
@@ -25,10 +22,7 @@ class Command(BaseCommand):
     def handle(self, *args, username, run_id, seq, reason, result, **options):
         edited = NOT_EDITED
         if result is not None:
-            try:
-                edited = storable.loads(result)
-            except json.JSONDecodeError as error:
-                raise CommandError(f"--result is not JSON: {error}") from None
+            edited = json_option(result, "--result")
         actor = operator(username, "runs.fork_run", "fork a run")
         try:
             run_id = Run.objects.by_reference(run_id).id

@@ -1,11 +1,8 @@
-import json
-
 from django.core.exceptions import ValidationError
 
 from django.core.management.base import BaseCommand, CommandError
 
-from runs import storable
-from runs.management.operators import add_user_argument, operator
+from runs.management.operators import add_user_argument, json_option, operator
 from runs.models import Run
 from runs.services import ActionRefused, Resolution, resolve_step
 
@@ -28,10 +25,7 @@ class Command(BaseCommand):
         if decision == Resolution.HAPPENED:
             if result is None:
                 raise CommandError("'happened' needs --result: the JSON the agent receives as the step's result")
-            try:
-                result = storable.loads(result)
-            except json.JSONDecodeError as error:
-                raise CommandError(f"--result is not JSON: {error}") from None
+            result = json_option(result, "--result")
         elif result is not None:
             raise CommandError(f"--result goes only with 'happened', not with {decision!r}")
         actor = operator(username, "runs.resolve_step", "resolve a step in doubt")

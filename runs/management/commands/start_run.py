@@ -21,8 +21,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.urls import reverse
 
-from runs import queue, services, storable
-from runs.management.operators import add_user_argument, operator
+from runs import queue, services
+from runs.management.operators import add_user_argument, json_option, operator
 from runs.models import FINISHED, JournalEntry, Run, RunStatus, WaitKind
 from tools.models import Approval
 
@@ -51,10 +51,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, username, agent, input, input_file, idempotency_key, wait, timeout, **options):
         source, text = ("--input", input or "{}") if input_file is None else (input_file, self.read(input_file))
-        try:
-            data = storable.loads(text)
-        except json.JSONDecodeError as error:
-            raise CommandError(f"{source} is not JSON: {error}") from None
+        data = json_option(text, source)
         actor = operator(username, "runs.start_run", "start runs")
         try:
             # The service the start form uses: the same checks, audited in the user's name.

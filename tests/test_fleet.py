@@ -1,13 +1,16 @@
 """runs.fleet against real RQ workers: the run a busy worker holds, and a busy worker killed in
 the middle of its run, which does not heartbeat in Redis (no fork) but whose lease lapses."""
 
-import redis
+import subprocess
+import sys
 
-from runs import fleet, queue
+from playwright.sync_api import expect
+
+from runs import fleet
 from runs.models import Run, RunStatus
 from runs.moves import start_run
 from tests.agents import TEST
-from tests.conftest import free_port, kill_worker, wait_for
+from tests.conftest import PROJECT_DIR, free_port, kill_worker, log_in, subprocess_env, wait_for, wait_for_port
 
 
 def test_a_busy_worker_holds_its_run_and_is_dead_once_the_lease_lapses(workers, tmp_path, client, viewer):
@@ -65,12 +68,21 @@ def test_a_killed_worker_whose_run_went_to_another_worker_does_not_hold_it(worke
     assert page.count(f"{views[second.pid].hostname}:{second.pid}, epoch 2, expires") == 1
 
 
-def test_the_workers_page_says_so_when_redis_does_not_answer(client, viewer, monkeypatch):
-    # A real client for a port where nothing listens (nothing of ours is replaced but the address).
-    monkeypatch.setattr(queue, "_redis", redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0"))
-    client.force_login(viewer)
-
-    response = client.get("/workers/")
-
-    assert response.status_code == 200
-    assert "Redis does not answer" in response.content.decode()
+def test_the_workers_page_says_so_when_redis_does_not_answer(transactional_db, page, viewer, tmp_path):
+    # The production server, configured with a Redis where nothing listens.
+    port = free_port()
+    env = subprocess_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    with open(tmp_path / "daphne.log", "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "agentops.asgi:application"],
+            cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_port(port, server)
+            log_in(page, f"http://127.0.0.1:{port}", viewer.username)
+            response = page.goto(f"http://127.0.0.1:{port}/workers/")
+            assert response.status == 200
+            expect(page.locator("main")).to_contain_text("Redis does not answer")
+        finally:
+            server.terminate()
+            server.wait(timeout=10)

@@ -320,6 +320,10 @@ RUN_INPUT_MAX_BYTES = envint("RUN_INPUT_MAX_BYTES", 1_000_000, minimum=1)
 # being handed on again (runs.sweeper).
 RUN_LOST_LEASES_LIMIT = envint("RUN_LOST_LEASES_LIMIT", 3, minimum=1)
 
+# A run that asks for the same tool with the same arguments this many times in a row is in a
+# loop: it parks before the call (runs/budgets.py; an agent's budget or a start may say more).
+LOOP_REPEAT_LIMIT = envint("LOOP_REPEAT_LIMIT", 3, minimum=2)
+
 # How often the sweeper looks for expired leases and overdue wake-ups.
 SWEEP_INTERVAL_SECONDS = envint("SWEEP_INTERVAL_SECONDS", 5, minimum=1)
 

@@ -13,6 +13,8 @@ from typing import Any, Callable
 from django.conf import settings
 from pydantic import TypeAdapter, ValidationError
 
+from runs.budgets import Budget, check_budget
+
 
 # The built-in agent that runs a rollback's compensations (runs/rollback.py). Its runs call only
 # what an operator confirmed; the confirmation records an approved request per compensation.
@@ -28,6 +30,9 @@ class InvalidInput(ValueError):
 
 
 ON_FAILURE = ("fail", "rollback")
+# When a run reaches a limit (a budget, a loop, a step's last attempt): it parks in
+# needs_attention for a person, or fails (and on_failure follows).
+ON_LIMIT = ("park", "fail")
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,9 @@ class Agent:
     output_adapter: TypeAdapter
     # What happens when a run fails: it stays failed, or it is rolled back at once (runs/rollback.py).
     on_failure: str = "fail"
+    # What one run may spend (runs/budgets.py), unless its start says otherwise.
+    budget: Budget = Budget()
+    on_limit: str = "park"
 
     def parse_input(self, data):
         """The agent's input object from JSON data; InvalidInput names what is wrong."""
@@ -69,11 +77,16 @@ def describe(error: ValidationError) -> str:
 AGENTS: dict[str, Agent] = {}
 
 
-def agent(name, *, on_failure="fail"):
+def agent(name, *, on_failure="fail", budget=None, on_limit="park"):
     """Register `fn(ctx, input) -> output` as agent `name`. on_failure="rollback" rolls a failed
-    run back at once, with the plan an operator would be shown (docs/rollback.md)."""
+    run back at once, with the plan an operator would be shown (docs/rollback.md). `budget`
+    bounds each run (docs/retries.md); on_limit="fail" fails a run that reaches a limit instead
+    of parking it for a person."""
     if on_failure not in ON_FAILURE:
         raise ValueError(f"agent {name!r}: on_failure must be one of {', '.join(ON_FAILURE)}, not {on_failure!r}")
+    if on_limit not in ON_LIMIT:
+        raise ValueError(f"agent {name!r}: on_limit must be one of {', '.join(ON_LIMIT)}, not {on_limit!r}")
+    budget = check_budget(Budget() if budget is None else budget, f"agent {name!r}")
 
     def register(fn):
         signature = inspect.signature(fn)
@@ -90,6 +103,8 @@ def agent(name, *, on_failure="fail"):
             input_adapter=TypeAdapter(Any if input_type is inspect.Parameter.empty else input_type),
             output_adapter=TypeAdapter(Any if output_type is inspect.Signature.empty else output_type),
             on_failure=on_failure,
+            budget=budget,
+            on_limit=on_limit,
         )
         return fn
 

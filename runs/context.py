@@ -52,15 +52,19 @@ class Context:
             idempotent=spec.idempotent,
             reconcile=(lambda key: spec.reconcile(args, key)) if spec.reconcile else None,
             guarded=True,
+            retry=spec.retry,
+            repeatable=spec.repeatable,
         ))
 
     def llm(self, provider, /, **request):
         """Call a model through a registered provider; replay returns the recorded response."""
         try:
-            call = get_provider(provider)
+            model = get_provider(provider)
         except UnknownProvider as error:
             return self._contract_error(K.LLM, provider, request, str(error))
-        return self._recorder.record(Step(kind=K.LLM, name=provider, args=request, call=lambda key: call(**request)))
+        # A model call changes nothing: repeating it after a failure costs only its tokens.
+        return self._recorder.record(Step(kind=K.LLM, name=provider, args=request, call=lambda key: model.fn(**request),
+                                          retry=model.retry, repeatable=True))
 
     def now(self) -> datetime:
         recorded = self._recorder.record(Step(kind=K.NOW, name="", args=None, call=lambda key: timezone.now().isoformat()))

@@ -108,7 +108,7 @@ def execute(lease):
     except (PauseRequested, CancelRequested):
         moved = end.honour_request()
     except NeedsAttention as attention:
-        moved = end.move(S.NEEDS_ATTENTION, reason=attention.reason)
+        moved = end.move(S.NEEDS_ATTENTION, reason=attention.reason, parked_by=attention.parked_by)
     except Fenced as fenced:
         log.warning("%s", fenced)
         return "fenced"

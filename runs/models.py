@@ -57,6 +57,15 @@ class WaitKind(models.TextChoices):
     CHILD = "child"  # for the child run whose id is the reference to finish
     APPROVAL = "approval"  # for a person's decision on the Approval whose id is the reference
     FREEZE = "freeze"  # for the freeze that covers the run's agent to lift
+    RETRY = "retry"  # until Run.wake_at, to try the step whose seq is the reference again
+
+
+class ParkedBy(models.TextChoices):
+    """Why a run that needs attention was parked by a limit (runs/budgets.py, runs/retries.py)."""
+
+    BUDGET = "budget"  # one of its budgets would be exceeded
+    LOOP = "loop"  # the same call, again and again
+    RETRIES = "retries"  # a step's attempts ran out
 
 
 class RunQuerySet(models.QuerySet):
@@ -118,6 +127,16 @@ class Run(models.Model):
     wait_kind = models.CharField(max_length=16, choices=WaitKind.choices, blank=True, default="")
     wait_ref = models.CharField(max_length=64, blank=True, default="")
     wake_at = models.DateTimeField(null=True, blank=True)
+
+    # What the run may spend ({budget: limit or null}; runs/budgets.py): its agent's defaults
+    # with what its start said, as raised by operators since.
+    budget = models.JSONField(default=dict, blank=True)
+    # While it needs attention because it reached a limit: which kind (the runs page filters).
+    parked_by = models.CharField(max_length=16, choices=ParkedBy.choices, blank=True, default="")
+    # An operator's "retry now": step retry_grant_seq tries again at once after its attempt
+    # retry_grant_after (0: before its first), with a fresh round of attempts.
+    retry_grant_seq = models.PositiveIntegerField(null=True, blank=True)
+    retry_grant_after = models.PositiveIntegerField(null=True, blank=True)
 
     # The lease: who advances the run now, until when, and the epoch that fences every write.
     lease_owner = models.CharField(max_length=200, blank=True, default="")
@@ -183,7 +202,19 @@ class Run(models.Model):
             # A sleep knows when it ends; a wait for a child or an approval names which.
             models.CheckConstraint(
                 name="run_sleep_has_wake_at",
-                condition=~models.Q(wait_kind=WaitKind.SLEEP) | models.Q(wake_at__isnull=False),
+                condition=~models.Q(wait_kind__in=[WaitKind.SLEEP, WaitKind.RETRY]) | models.Q(wake_at__isnull=False),
+            ),
+            models.CheckConstraint(
+                name="run_parked_only_while_needing_attention",
+                condition=models.Q(parked_by="") | models.Q(status=S.NEEDS_ATTENTION),
+            ),
+            models.CheckConstraint(
+                name="run_parked_by_valid", condition=models.Q(parked_by__in=["", *ParkedBy.values])
+            ),
+            models.CheckConstraint(
+                name="run_retry_grant_names_its_attempt",
+                condition=models.Q(retry_grant_seq__isnull=True, retry_grant_after__isnull=True)
+                | models.Q(retry_grant_seq__isnull=False, retry_grant_after__isnull=False),
             ),
             models.CheckConstraint(
                 name="run_wait_names_its_reference",
@@ -342,6 +373,9 @@ class JournalEntry(models.Model):
         FAILED = "failed"
         # An operator decided the attempt in doubt did not happen: it runs again.
         ABANDONED = "abandoned"
+        # The attempt failed and the step is not over: it is tried again (error.next_at), or
+        # its attempts ran out and a person decides (error.exhausted).
+        RETRY = "retry", "failed, to retry"
 
     id = models.BigAutoField(primary_key=True)
     run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="journal")
@@ -376,7 +410,7 @@ class JournalEntry(models.Model):
             models.CheckConstraint(
                 name="journal_status_only_on_outcomes",
                 condition=(models.Q(phase="intent") & models.Q(status=""))
-                | (models.Q(phase="outcome") & models.Q(status__in=["succeeded", "failed", "abandoned"])),
+                | (models.Q(phase="outcome") & models.Q(status__in=["succeeded", "failed", "abandoned", "retry"])),
             ),
         ]
         indexes = [

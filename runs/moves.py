@@ -24,7 +24,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from runs import live, queue, storable, waits
+from runs import budgets, live, queue, storable, waits
 from runs.actors import SCHEDULER, Actor
 from runs.agents import InvalidInput, get_agent
 from runs.models import FINISHED, Requested, Run, RunEvent, RunStatus, WaitKind
@@ -80,6 +80,9 @@ class Lease:
     agent: str = ""
     input: Any = None
     during_freeze: bool = False
+    # The run's budget limits, and an operator's "retry now" as (seq, after attempt) or None.
+    budget: Any = None
+    retry_grant: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -103,13 +106,18 @@ class Moved:
 
 
 def start_run(agent_name, input, *, started_by, idempotency_key=None, parent_id=None, rollback_of_id=None,
-              during_freeze=False):
+              during_freeze=False, budget=None):
     """Create a queued run and enqueue it. The same idempotency key returns the same run.
 
-    Raises UnknownAgent, InvalidInput or InvalidIdempotencyKey, each naming the problem, before
-    anything is written. `started_by` is an Actor.
+    Raises UnknownAgent, InvalidInput (a bad budget too) or InvalidIdempotencyKey, each naming
+    the problem, before anything is written. `started_by` is an Actor. `budget` overrides some of
+    the agent's budget limits ({name: limit or None}; runs/budgets.py).
     """
     agent = get_agent(agent_name)
+    try:
+        limits = {**agent.budget.as_limits(), **budgets.checked_limits(budget or {}, "this start")}
+    except budgets.InvalidBudget as error:
+        raise InvalidInput(str(error)) from None
     _check_input_limits(input)
     data = agent.dump_input(agent.parse_input(input))
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
@@ -125,7 +133,7 @@ def start_run(agent_name, input, *, started_by, idempotency_key=None, parent_id=
         with transaction.atomic():
             run = _insert_queued(started_by, agent=agent_name, input=data,
                                  idempotency_key=idempotency_key, parent_id=parent_id,
-                                 rollback_of_id=rollback_of_id, during_freeze=during_freeze)
+                                 rollback_of_id=rollback_of_id, during_freeze=during_freeze, budget=limits)
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -170,12 +178,12 @@ WITH claimed AS (
         lease_expires_at = now() + make_interval(secs => %(lease)s),
         lease_epoch = lease_epoch + 1, started_at = COALESCE(started_at, now()), updated_at = now()
     WHERE id = %(run)s AND status = 'queued'
-    RETURNING id, lease_epoch, agent, input, during_freeze
+    RETURNING id, lease_epoch, agent, input, during_freeze, budget, retry_grant_seq, retry_grant_after
 ), event AS (
     INSERT INTO runs_runevent (run_id, at, kind, from_status, to_status, actor, reason)
     SELECT id, now(), 'transition', 'queued', 'running', %(actor)s, '' FROM claimed
 )
-SELECT lease_epoch, agent, input, during_freeze FROM claimed
+SELECT lease_epoch, agent, input, during_freeze, budget, retry_grant_seq, retry_grant_after FROM claimed
 """
 
 
@@ -192,10 +200,11 @@ def claim(run_id, owner):
     if row is None:
         return None
     live.changed(run_id)
-    epoch, agent, input, during_freeze = row
+    epoch, agent, input, during_freeze, budget, grant_seq, grant_after = row
     # Django has psycopg hand jsonb over as text.
     return Lease(run_id=run_id, owner=owner, epoch=epoch, agent=agent, input=json.loads(input),
-                 during_freeze=during_freeze)
+                 during_freeze=during_freeze, budget=json.loads(budget),
+                 retry_grant=None if grant_seq is None else (grant_seq, grant_after))
 
 
 def extend_lease(lease):
@@ -218,7 +227,7 @@ WITH moved AS (
     UPDATE runs_run
     SET status = %(to)s, lease_owner = '', lease_expires_at = NULL, requested = '',
         wait_kind = %(wait_kind)s, wait_ref = %(wait_ref)s, wake_at = %(wake_at)s,
-        status_reason = %(shown_reason)s,
+        status_reason = %(shown_reason)s, parked_by = %(parked_by)s,
         finished_at = CASE WHEN %(finishes)s THEN now() ELSE finished_at END,
         output = CASE WHEN %(sets_output)s THEN %(output)s::jsonb ELSE output END,
         error = CASE WHEN %(sets_error)s THEN %(error)s::jsonb ELSE error END,
@@ -245,7 +254,7 @@ _NO_VALUE = object()
 
 
 def move(run_id, to, *, actor, reason="", epoch=None, expect=None, waiting_for=None,
-         lease_expired=False, wait=None, output=_NO_VALUE, error=_NO_VALUE):
+         lease_expired=False, wait=None, output=_NO_VALUE, error=_NO_VALUE, parked_by=""):
     """Move a run to status `to`, in one transaction with its event row; returns a Moved.
 
     Conditions, each checked under the row's lock (a journal write in flight finishes first,
@@ -255,7 +264,8 @@ def move(run_id, to, *, actor, reason="", epoch=None, expect=None, waiting_for=N
     - waiting_for: (kind, ref) only while the run waits for that (ref None: any of the kind);
     - lease_expired: only if the lease has expired by the database's clock.
     An illegal move raises IllegalTransition (the database would refuse it too). A run starts
-    running only through claim. `output` and `error` are set with a finishing move.
+    running only through claim. `output` and `error` are set with a finishing move;
+    `parked_by` (a ParkedBy) with a move to needs_attention that a limit caused.
     """
     with transaction.atomic():
         run = _locked(run_id)
@@ -287,6 +297,7 @@ def move(run_id, to, *, actor, reason="", epoch=None, expect=None, waiting_for=N
                 "run": run.id, "to": to, "before": before, "actor": actor.label, "reason": reason,
                 "wait_kind": run.wait_kind, "wait_ref": run.wait_ref, "wake_at": run.wake_at,
                 "shown_reason": run.status_reason, "finishes": to in FINISHED,
+                "parked_by": parked_by if to == S.NEEDS_ATTENTION else "",
                 "sets_output": output is not _NO_VALUE, "output": _json(output),
                 "sets_error": error is not _NO_VALUE, "error": _json(error),
                 "left_for_good": to in LEFT_FOR_GOOD,
@@ -373,7 +384,7 @@ def _after_commit(run, before):
     live.changed(run.id)
     if run.status == S.QUEUED and before != S.QUEUED:
         queue.enqueue_advance(run.id)
-    if run.status == S.WAITING and run.wait_kind == WaitKind.SLEEP:
+    if run.status == S.WAITING and run.wait_kind in TIMED:
         queue.schedule_wake(run.id, run.wake_at)
     if run.status in FINISHED and run.rollback_of_id:
         rollback_id, original_id = run.id, run.rollback_of_id
@@ -407,17 +418,23 @@ def wake(run_id, kind, ref=None, *, actor, reason):
     return move(run_id, S.QUEUED, actor=actor, reason=reason, waiting_for=(kind, ref))
 
 
+# The waits that end at a time (Run.wake_at), each woken by a scheduled job.
+TIMED = {WaitKind.SLEEP: "sleep over", WaitKind.RETRY: "time to try again"}
+
+
 def wake_sleeper(run_id):
-    """For the scheduled job of a sleep: wake the run if its time has come; a job that came
-    early (the scheduler's clock is not the database's) schedules another."""
-    run = Run.objects.waiting_for(WaitKind.SLEEP).filter(id=run_id).only("wake_at").first()
+    """For the scheduled job of a timed wait (a sleep, a retry's backoff): wake the run if its
+    time has come; a job that came early (the scheduler's clock is not the database's)
+    schedules another."""
+    run = (Run.objects.filter(status=S.WAITING, wait_kind__in=TIMED, id=run_id)
+           .only("wake_at", "wait_kind", "wait_ref").first())
     if run is None:
         return Moved(False, why_not="it does not sleep")
     if run.wake_at > timezone.now():
         with transaction.atomic():
             queue.schedule_wake(run_id, run.wake_at)
         return Moved(False, run, why_not="early")
-    return wake(run_id, WaitKind.SLEEP, actor=SCHEDULER, reason="sleep over")
+    return wake(run_id, run.wait_kind, run.wait_ref, actor=SCHEDULER, reason=TIMED[run.wait_kind])
 
 
 def wake_due(kind, *, actor, reason):
@@ -482,4 +499,4 @@ def start_fork(origin, seq, *, started_by, reason="", details=None):
     agent = get_agent(origin.agent)
     data = agent.dump_input(agent.parse_input(origin.input))
     return _insert_queued(started_by, agent=origin.agent, input=data, forked_from_id=origin.id,
-                          forked_at_seq=seq, reason=reason, details=details)
+                          forked_at_seq=seq, reason=reason, details=details, budget=origin.budget)

@@ -27,6 +27,15 @@ When the agent reaches step seq, the Recorder looks at what the journal holds fo
    answers go, refuse or hold; then write the intent, call the tool with its idempotency key
    (run id and seq, the same on every worker and every attempt), write the outcome. A step
    without side effects (a read, an LLM call, the clock) writes only its outcome: one commit.
+4. A failed attempt (outcome `retry`): the step is not over. Its row says when the next attempt
+   is due (`next_at`), or that its attempts ran out (`exhausted`, a person decides).
+
+Every attempt of a tool or LLM step (see `_attempt`) first passes the run's budgets and loop
+check (runs/budgets.py) and the tool's circuit breaker (tools/breakers.py); runs under its
+policy's timeout; and, if it fails, is judged by its retry policy (runs/retries.py): retried
+after a backoff (a short one in the worker, a longer one as a wait of kind retry that frees the
+worker), failed, or left in doubt (a write that cannot dedupe and timed out). A run that reaches
+a limit parks in needs_attention, or fails if its agent says so (`on_limit`).
 
 Every journal write is one SQL statement (WRITE_SQL below) that inserts the row only while the
 writer still holds the run's lease at the epoch it claimed (fencing): a worker that was stopped
@@ -37,6 +46,7 @@ an intent is not written while one is pending, so a paused run never leaves a st
 
 import hashlib
 import json
+import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -49,17 +59,24 @@ from django.utils import timezone
 from pydantic_core import to_jsonable_python
 
 from runs import live
-from runs.models import JournalEntry
+from runs.agents import AGENTS
+from runs.budgets import Budget, Counter, exceeded, repeated_calls
+from runs.models import JournalEntry, ParkedBy
+from runs.retries import (
+    FAIL, IN_DOUBT, SLEEP_IN_WORKER_UP_TO_SECONDS, CallTimedOut, RetryPolicy, call_with_timeout, decide,
+)
 from runs.storable import unstorable, visible
 from runs.waits import WaitFor
+from tools import breakers
 from tools.policy import Go, Hold, Mismatch, Policy, Refuse
 from tools.registry import TOOLS, ContractViolation, Reconciled
 
 INTENT, OUTCOME = JournalEntry.Phase.INTENT, JournalEntry.Phase.OUTCOME
-SUCCEEDED, FAILED, ABANDONED = (
+SUCCEEDED, FAILED, ABANDONED, RETRY = (
     JournalEntry.Status.SUCCEEDED,
     JournalEntry.Status.FAILED,
     JournalEntry.Status.ABANDONED,
+    JournalEntry.Status.RETRY,
 )
 K = JournalEntry.Kind
 
@@ -104,11 +121,12 @@ class CancelRequested(Suspend):
 
 
 class NeedsAttention(Suspend):
-    """A person must decide: a step in doubt, or code that no longer matches the journal."""
+    """A person must decide: a step in doubt, code that no longer matches the journal, or a
+    limit reached (`parked_by`: a ParkedBy)."""
 
-    def __init__(self, reason, seq):
+    def __init__(self, reason, seq, parked_by=""):
         super().__init__(reason)
-        self.reason, self.seq = reason, seq
+        self.reason, self.seq, self.parked_by = reason, seq, parked_by
 
 
 class Fenced(Suspend):
@@ -156,8 +174,13 @@ class Step:
     # What the intent row stores, where it holds more than identifies the step (a deadline,
     # approved arguments).
     stored_args: Any = None
-    # A call of a registered tool with valid arguments: the policy decides whether it runs.
+    # A call of a registered tool with valid arguments: the policy decides whether it runs,
+    # its breaker whether it is called now.
     guarded: bool = False
+    # How failed attempts are tried again, and each one's timeout (None: one attempt, no
+    # limit); whether a second call can do no harm (runs/retries.py).
+    retry: RetryPolicy | None = None
+    repeatable: bool = False
 
     @cached_property
     def args_json(self):
@@ -170,6 +193,15 @@ class Step:
     @property
     def is_tool(self):
         return self.kind == K.TOOL
+
+
+@dataclass(frozen=True)
+class Called:
+    result: Any
+
+
+def _short(text, limit=120):
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def describe_step(kind, name, hash_):
@@ -291,7 +323,7 @@ def _run_write_sql(params):
 
 def _details(error):
     """A recorded error's fields beyond its type and message."""
-    return {key: value for key, value in error.items() if key not in ("type", "message", "fails_run")}
+    return {key: value for key, value in error.items() if key not in ("type", "message", "fails_run", "not_called")}
 
 
 def _json_or_null(value):
@@ -330,6 +362,16 @@ class Recorder:
         self.policy = Policy(lease.run_id, agent, during_freeze=lease.during_freeze)
         self.seq = 0
         self.tool_calls = defaultdict(int)  # tool name -> its steps so far in this run, for caps
+        declared = AGENTS.get(agent)
+        # The limits the run started with (Run.budget), over its agent's defaults today.
+        self.limits = {**(declared.budget if declared else Budget()).as_limits(), **(lease.budget or {})}
+        self.on_limit = declared.on_limit if declared else "park"
+        self.spending = Counter()
+        for step_rows in journal.values():
+            for row in step_rows:
+                self.spending.add(row)
+        self.tool_trail = []  # (seq, name, args hash) of the tool steps so far, for loops
+        self._written = defaultdict(list)  # seq -> the rows this advance wrote
 
     def record(self, step: Step):
         """The protocol for one step (see the top of this file); returns its result."""
@@ -337,12 +379,17 @@ class Recorder:
         rows = self.journal.get(self.seq)
         if step.guarded:
             self.tool_calls[step.name] += 1
+        if step.is_tool:
+            self.tool_trail.append((self.seq, step.name, step.args_hash))
         if not rows:
             if self.dry_run:
                 raise EndOfJournal(self.seq)
+            granted = self.lease.retry_grant == (self.seq, 0)  # "retry now" while its breaker held it
             if step.guarded:
                 step = self._ask_policy(step)
-            return self._execute(step, attempt=1)
+                if not granted:
+                    self._check_loop(step)
+            return self._attempt(step, attempt=1, granted=granted)
         self._check_same_step(step, rows[0])
         last = rows[-1]
         if last.phase == OUTCOME and last.status in (SUCCEEDED, FAILED):
@@ -351,8 +398,10 @@ class Recorder:
             raise EndOfJournal(self.seq)
         if step.guarded:
             step = self._rerun_as_approved(step, last)
+        if last.phase == OUTCOME and last.status == RETRY:
+            return self._after_failed_attempt(step, rows, last)
         if last.phase == OUTCOME:  # abandoned by an operator: run it again
-            return self._execute(step, attempt=last.attempt + 1)
+            return self._attempt(step, attempt=last.attempt + 1)
         return self._recover_in_doubt(step, last)
 
     def _check_same_step(self, step, recorded):
@@ -416,7 +465,7 @@ class Recorder:
         return replace(step, stored_args=decision.args, call=lambda key: spec.call(model, key))
 
     def _refuse(self, step, refusal, attempt=1):
-        error = {"type": refusal.type, "message": refusal.message, **refusal.details}
+        error = {"type": refusal.type, "message": refusal.message, **refusal.details, "not_called": True}
         if refusal.fails_run:
             error["fails_run"] = True
         self._write(replace(step, writes_intent=False), attempt, OUTCOME, status=FAILED, error=error)
@@ -426,7 +475,7 @@ class Recorder:
 
     def _recover_in_doubt(self, step, intent):
         if step.idempotent:
-            return self._execute(step, attempt=intent.attempt + 1)
+            return self._attempt(step, attempt=intent.attempt + 1)
         if step.reconcile is not None:
             try:
                 found = step.reconcile(self._key())
@@ -443,7 +492,7 @@ class Recorder:
                             actor_note="reconciled")
                 return result
             if isinstance(found, Reconciled):
-                return self._execute(step, attempt=intent.attempt + 1)
+                return self._attempt(step, attempt=intent.attempt + 1)
         raise NeedsAttention(
             f"step {self.seq} ({step.effect} {step.name!r}) is in doubt: its intent was recorded "
             "and its worker stopped before recording the outcome, so it may or may not have "
@@ -451,21 +500,169 @@ class Recorder:
             self.seq,
         )
 
-    def _execute(self, step, attempt):
+    # Attempts, retries and limits -------------------------------------------------------------
+
+    def _attempt(self, step, attempt, granted=False):
+        """Make attempt `attempt` of the step, and as many more as its retry policy allows while
+        the backoff is short; returns the result, or raises what stops the run or the step."""
+        while True:
+            if not granted:
+                self._check_budgets(step, attempt)
+            probe = self._pass_breaker(step, granted)
+            outcome = self._call(step, attempt, probe)
+            if outcome is not None:
+                return outcome.result
+            # The attempt failed and the step is to be tried again soon, in this worker.
+            attempt, granted = attempt + 1, False
+
+    def _call(self, step, attempt, probe):
+        """One call under the step's timeout. Returns a Called with the result, or None when the
+        attempt failed and the next is due within a second (after sleeping until then)."""
         if step.writes_intent:
             self._write(step, attempt, INTENT)
+        policy = step.retry
         try:
-            result = as_json(step.call(self._key()))
+            result = as_json(call_with_timeout(lambda: step.call(self._key()), policy.timeout if policy else None))
         except ContractViolation as error:
+            self._breaker_heard(step, failed=False, probe=probe)
             message = visible(str(error))
             self._write(step, attempt, OUTCOME, status=FAILED, error={"type": "contract", "message": message})
             raise ToolError("contract", message) from None
         except Exception as error:
-            failure = visible({"type": type(error).__name__, "message": str(error)})
-            self._write(step, attempt, OUTCOME, status=FAILED, error=failure)
-            raise ToolError(failure["type"], failure["message"]) from error
+            return self._failed(step, attempt, error, probe)
+        self._breaker_heard(step, failed=False, probe=probe)
         self._write(step, attempt, OUTCOME, status=SUCCEEDED, result=result)
-        return result
+        return Called(result)
+
+    def _failed(self, step, attempt, error, probe):
+        """A failed attempt, judged by the step's retry policy: fail the step, leave it in doubt,
+        try again (now, or after a wait that frees the worker), or stop at the last attempt."""
+        policy = step.retry
+        failure = visible({"type": type(error).__name__, "message": str(error)})
+        if isinstance(error, CallTimedOut):
+            failure["type"] = "timeout"
+        verdict = decide(policy, error, repeatable=step.repeatable) if policy else FAIL
+        if policy:
+            failure["transient"] = policy.is_transient(error)
+            self._breaker_heard(step, failed=failure["transient"], probe=probe)
+        if verdict == IN_DOUBT:
+            # The intent stays without an outcome: the call may have happened, and only a person
+            # (or the tool's reconcile hook, at the next advance) can say.
+            raise NeedsAttention(
+                f"step {self.seq} ({step.effect} {step.name!r}) is in doubt: {failure['message']}. "
+                "It cannot dedupe, so it is not called again. Decide: it happened (give its result), "
+                "run it again, or fail it.",
+                self.seq,
+            )
+        if verdict == FAIL:
+            self._write(step, attempt, OUTCOME, status=FAILED, error=failure)
+            raise ToolError(failure["type"], failure["message"], _details(failure))
+        failures = self._failures_in_round(attempt) + 1
+        failure["attempts"] = failures
+        if failures >= policy.max_attempts:
+            return self._out_of_attempts(step, attempt, failure, policy)
+        delay = policy.delay(failures, self._key())
+        if exceeded(self.limits, self.spending.spent, "retries"):
+            delay = 0.0  # the next attempt's budget check parks the run; waiting first helps nobody
+        next_at = timezone.now() + timedelta(seconds=delay)
+        failure.update(delay_s=delay, next_at=next_at.isoformat())
+        self._write(step, attempt, OUTCOME, status=RETRY, error=failure)
+        if delay > SLEEP_IN_WORKER_UP_TO_SECONDS:
+            raise Wait(WaitFor.retry(self.seq, next_at, f"attempt {attempt} failed ({failure['type']}: "
+                                     f"{_short(failure['message'])}); backing off {delay:g} s"))
+        time.sleep(delay)
+        return None
+
+    def _out_of_attempts(self, step, attempt, failure, policy):
+        message = (f"gave up after {failure['attempts']} attempts (the most its retry policy allows): "
+                   f"{failure['type']}: {failure['message']}")
+        if self.on_limit == "fail":
+            failure.update(exhausted=True, message=message)
+            self._write(step, attempt, OUTCOME, status=FAILED, error=failure)
+            raise ToolError(failure["type"], message, _details(failure))
+        failure["exhausted"] = True
+        self._write(step, attempt, OUTCOME, status=RETRY, error=failure)
+        raise self._parked(ParkedBy.RETRIES, f"step {self.seq} ({step.kind} {step.name!r}) {message}. "
+                           "Retry it now, or fail it.")
+
+    def _after_failed_attempt(self, step, rows, last):
+        """The step's last attempt failed: wait out its backoff, park if its attempts ran out,
+        or try again. An operator's "retry now" (the lease's retry_grant) skips both."""
+        granted = self.lease.retry_grant == (self.seq, last.attempt)
+        error = last.error or {}
+        if not granted and error.get("exhausted"):
+            raise self._parked(ParkedBy.RETRIES, f"step {self.seq} ({step.kind} {step.name!r}) gave up after "
+                               f"{error.get('attempts', last.attempt)} attempts: {error.get('type')}: "
+                               f"{error.get('message')}. Retry it now, or fail it.")
+        next_at = datetime.fromisoformat(error["next_at"]) if error.get("next_at") else None
+        if not granted and next_at is not None and timezone.now() < next_at:
+            raise Wait(WaitFor.retry(self.seq, next_at, f"attempt {last.attempt} failed; backing off"))
+        return self._attempt(step, attempt=last.attempt + 1, granted=granted)
+
+    def _failures_in_round(self, attempt):
+        """Failed attempts of this step before `attempt` since its round began (the step's first
+        attempt, or an operator's "retry now")."""
+        grant = self.lease.retry_grant
+        start = grant[1] if grant and grant[0] == self.seq and grant[1] < attempt else 0
+        return sum(1 for row in self._rows_of_step() if row.phase == OUTCOME and row.status == RETRY
+                   and start < row.attempt < attempt)
+
+    def _rows_of_step(self):
+        return self.journal.get(self.seq, []) + self._written.get(self.seq, [])
+
+    def _check_budgets(self, step, attempt):
+        """The run's budgets, before an attempt of a tool or LLM step: over one, the run parks
+        (or fails, as its agent says), and the call is not made."""
+        if step.kind not in (K.TOOL, K.LLM) or not (step.guarded or step.kind == K.LLM):
+            return
+        spent = self.spending.spent
+        checks = []
+        if step.is_tool:
+            checks.append("tool_calls")
+        if attempt > 1 and any(row.phase == OUTCOME and row.status == RETRY and row.attempt == attempt - 1
+                               for row in self._rows_of_step()):
+            checks.append("retries")
+        if step.kind == K.LLM:
+            checks += ["llm_tokens", "cost_usd"]
+        for key in checks:
+            reason = exceeded(self.limits, spent, key)
+            if reason:
+                self._limit_reached(step, attempt, ParkedBy.BUDGET, key, f"{reason}; step {self.seq} "
+                                    f"({step.kind} {step.name!r}) was not called")
+
+    def _check_loop(self, step):
+        repeats = self.limits.get("repeats")
+        if repeats is None:
+            return
+        steps = repeated_calls(self.tool_trail)
+        if len(steps) >= repeats:
+            self._limit_reached(step, 1, ParkedBy.LOOP, "repeats", (
+                f"loop: tool {step.name!r} asked for with the same arguments {len(steps)} times in a row "
+                f"(steps {', '.join(map(str, steps))}; the limit is {repeats}); step {self.seq} was not called"))
+
+    def _limit_reached(self, step, attempt, parked_by, budget, reason):
+        if self.on_limit == "fail":
+            self._refuse(step, Refuse("loop" if parked_by == ParkedBy.LOOP else "budget", reason, fails_run=True,
+                                      details={"budget": budget, "limit": self.limits.get(budget)}),
+                         attempt=attempt)
+        raise self._parked(parked_by, reason)
+
+    def _parked(self, parked_by, reason):
+        return NeedsAttention(reason, self.seq, parked_by=parked_by)
+
+    def _pass_breaker(self, step, granted):
+        """A tool's breaker, before a call: open, the step waits for it to half-open, and the call
+        is not made. Returns whether this call is the breaker's one probe."""
+        if not step.guarded or granted:
+            return False
+        verdict = breakers.check(step.name)
+        if not verdict.allowed:
+            raise Wait(WaitFor.retry(self.seq, verdict.until, verdict.reason or f"the breaker of {step.name!r} is open"))
+        return verdict.probe
+
+    def _breaker_heard(self, step, *, failed, probe):
+        if step.guarded:
+            breakers.record(step.name, failed=failed, probe=probe)
 
     def _key(self):
         return f"{self.run_id}:{self.seq}"
@@ -514,6 +711,9 @@ class Recorder:
             # Nothing was written: the step starts afresh when the freeze lifts.
             raise Wait(WaitFor.freeze(frozen))
         assert inserted, "the journal row was neither written nor refused"
+        row = Row(self.seq, attempt, phase, step.kind, step.name, None, step.args_hash, status, result, error)
+        self._written[self.seq].append(row)
+        self.spending.add(row)
         if refused:
             raise refused
 

@@ -10,9 +10,9 @@ from django.db import transaction
 from django.db.models import Max
 from pydantic import ValidationError
 
-from runs import moves, rollback
+from runs import budgets, moves, rollback
 from runs.agents import ROLLBACK_AGENT, InvalidInput, UnknownAgent, describe
-from runs.models import AuditEntry, JournalEntry, Requested, Run, RunStatus
+from runs.models import AuditEntry, JournalEntry, ParkedBy, Requested, Run, RunStatus, WaitKind
 from runs.roles import role_needed
 from tools.registry import TOOLS
 
@@ -77,6 +77,8 @@ def resolve_step(run_id, seq, resolution, *, actor, result=None, reason=""):
         if run.status != S.NEEDS_ATTENTION:
             why = f" ({run.status_reason})" if run.status_reason else ""
             raise ActionRefused(f"run {run_id} is {run.get_status_display().lower()}{why}, not waiting for a decision on a step")
+        if run.parked_by == ParkedBy.RETRIES:
+            return _resolve_out_of_attempts(run, seq, resolution, actor=actor, reason=reason)
         intent = JournalEntry.in_doubt(run_id)
         if intent is None:
             raise ActionRefused(
@@ -104,6 +106,95 @@ def resolve_step(run_id, seq, resolution, *, actor, result=None, reason=""):
     return moved.run
 
 
+def _last_attempt(run_id, seq):
+    return (JournalEntry.objects.filter(run_id=run_id, seq=seq).order_by("-attempt", "-id").first())
+
+
+def _resolve_out_of_attempts(run, seq, resolution, *, actor, reason):
+    """A step whose attempts ran out: try it again (a fresh round of attempts), or fail it (the
+    agent receives the operator's reason as the tool's error). Its calls failed, so "it
+    happened" is not a decision here. Called under the run's lock."""
+    last = _last_attempt(run.id, seq)
+    if last is None or last.status != JournalEntry.Status.RETRY or not (last.error or {}).get("exhausted"):
+        raise ActionRefused(f"step {seq} of run {run.id} has not run out of attempts")
+    if resolution == Resolution.HAPPENED:
+        raise ActionRefused(f"step {seq} failed at each of its attempts, so it did not happen: retry it, or fail it")
+    if resolution == Resolution.RUN_AGAIN:
+        return _grant_retry(run, last, actor=actor, reason=reason).run
+    JournalEntry.objects.create(
+        run_id=run.id, seq=seq, attempt=last.attempt + 1, phase=JournalEntry.Phase.OUTCOME, kind=last.kind,
+        name=last.name, effect=last.effect, args_hash=last.args_hash, idempotency_key=last.idempotency_key,
+        status=JournalEntry.Status.FAILED, actor=actor.label,
+        error={"type": "failed_by_operator", "message": f"failed by operator: {reason}", "not_called": True},
+    )
+    run.events.create(kind="resolution", actor=actor.label, reason=reason, details={"seq": seq, "decision": "fail"})
+    moved = moves.move(run.id, S.QUEUED, actor=actor, reason=f"step {seq} failed by an operator")
+    AuditEntry.record(actor, "resolve_fail", run_id=run.id, reason=reason, details={"seq": seq})
+    return moved.run
+
+
+def retry_step(run_id, seq, *, actor, reason=""):
+    """Retry now: a step waiting out its backoff (or its tool's open breaker) is tried at once; a
+    step whose attempts ran out gets a fresh round of them. Either way the next attempt skips the
+    wait, the breaker and the run's budgets (a person decided), and counts in the budgets."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(id=run_id)
+        last = _last_attempt(run_id, seq)
+        waiting = run.status == S.WAITING and run.wait_kind == WaitKind.RETRY and run.wait_ref == str(seq)
+        parked = (run.status == S.NEEDS_ATTENTION and run.parked_by == ParkedBy.RETRIES and last is not None
+                  and last.status == JournalEntry.Status.RETRY and (last.error or {}).get("exhausted"))
+        if not (waiting or parked):
+            where = run.status_reason or run.get_status_display().lower()
+            raise ActionRefused(f"step {seq} of run {run_id} is not waiting to be tried again ({where})")
+        return _grant_retry(run, last, actor=actor, reason=reason, seq=seq)
+
+
+def _grant_retry(run, last, *, actor, reason, seq=None):
+    seq = last.seq if last is not None else seq
+    after = last.attempt if last is not None else 0
+    Run.objects.filter(id=run.id).update(retry_grant_seq=seq, retry_grant_after=after)
+    run.events.create(kind="resolution", actor=actor.label, reason=reason,
+                      details={"seq": seq, "decision": "retry_now", "after_attempt": after})
+    why = f"step {seq}: retry now, by {actor.name or actor.label}"
+    if run.status == S.WAITING:
+        moved = moves.wake(run.id, WaitKind.RETRY, seq, actor=actor, reason=why)
+    else:
+        moved = moves.move(run.id, S.QUEUED, actor=actor, reason=why)
+    AuditEntry.record(actor, "retry_step", run_id=run.id, reason=reason,
+                      details={"seq": seq, "after_attempt": after})
+    return moved
+
+
+def raise_budget(run_id, limits, *, actor, reason=""):
+    """Raise some of a run's budget limits ({name: limit, or None for no limit}); a run parked by
+    a budget or a loop goes on at once. Lowering a limit is refused (it would only park the run)."""
+    try:
+        limits = budgets.checked_limits(limits, "the new budget")
+    except budgets.InvalidBudget as error:
+        raise ActionRefused(str(error)) from None
+    if not limits:
+        raise ActionRefused("say which budget to raise, and to what")
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(id=run_id)
+        if run.is_finished:
+            raise ActionRefused(f"run {run_id} has finished ({run.status}); its budget no longer matters")
+        before = dict(run.budget)
+        for key, limit in limits.items():
+            old = before.get(key)
+            if limit is not None and (old is None or limit < old):
+                raise ActionRefused(f"budget {key} can only be raised: it is {old if old is not None else 'unlimited'}, "
+                                    f"not {limit}")
+        run.budget = {**before, **limits}
+        run.save(update_fields=["budget", "updated_at"])
+        run.events.create(kind="resolution", actor=actor.label, reason=reason,
+                          details={"decision": "raise_budget", "before": before, "after": run.budget})
+        AuditEntry.record(actor, "raise_budget", run_id=run_id, reason=reason,
+                          details={"before": before, "after": run.budget})
+        if run.status == S.NEEDS_ATTENTION and run.parked_by in (ParkedBy.BUDGET, ParkedBy.LOOP):
+            moves.move(run_id, S.QUEUED, actor=actor, reason=f"budget raised by {actor.name or actor.label}; going on")
+    return Run.objects.get(id=run_id)
+
+
 def available_actions(run):
     """The operator actions the run's state allows now, read off the allowed moves (the run
     page shows a button for each that the user may also take)."""
@@ -112,7 +203,12 @@ def available_actions(run):
         "pause": S.PAUSED in can_move_to and run.requested == Requested.NOTHING,
         "resume": run.status == S.PAUSED,
         "cancel": S.CANCELLED in can_move_to and run.requested != Requested.CANCEL,
-        "resolve": run.status == S.NEEDS_ATTENTION,
+        "resolve": run.status == S.NEEDS_ATTENTION and run.parked_by != ParkedBy.RETRIES
+        and run.parked_by not in (ParkedBy.BUDGET, ParkedBy.LOOP),
+        "retry_step": (run.status == S.WAITING and run.wait_kind == WaitKind.RETRY)
+        or (run.status == S.NEEDS_ATTENTION and run.parked_by == ParkedBy.RETRIES),
+        "fail_step": run.status == S.NEEDS_ATTENTION and run.parked_by == ParkedBy.RETRIES,
+        "raise_budget": not run.is_finished,
         "rollback": run.status in rollback.ROLLBACK_FROM and not run.rollback_of_id,
         "rollback_resolve": run.status == S.COMPENSATION_FAILED,
         "cancel_and_rollback": S.CANCELLED in can_move_to and run.requested != Requested.CANCEL

@@ -36,6 +36,7 @@ MISSED_WAKE_UPS = {
     WaitKind.CHILD: "a child run finished",
     WaitKind.APPROVAL: "its approval request was decided",
     WaitKind.FREEZE: "the freeze was lifted",
+    WaitKind.RETRY: "retry overdue",
 }
 
 

@@ -167,6 +167,9 @@ PERMISSIONS = {
     "resume": "runs.resume_run",
     "cancel": "runs.cancel_run",
     "resolve": "runs.resolve_step",
+    "retry_step": "runs.resolve_step",
+    "fail_step": "runs.resolve_step",
+    "raise_budget": "runs.resume_run",
     "run_again": services.START_PERMISSION,
 }
 ACTIONS = {"pause": services.pause, "resume": services.resume, "cancel": services.cancel}

@@ -11,6 +11,8 @@ the runs waiting for it back to the queue through runs.moves.wake, and one sweep
 | child    | child run id     | the child run finished                      | the child's finishing move  |
 | approval | approval id      | the request is no longer pending            | the decision, or the expiry |
 | freeze   | (none)           | no freeze covers the run's agent            | lifting the freeze          |
+| retry    | the step's seq   | wake_at has passed (backoff, open breaker)  | the scheduled job, or an    |
+|          |                  |                                             | operator's "retry now"      |
 """
 
 from dataclasses import dataclass
@@ -52,6 +54,12 @@ class WaitFor:
         )
 
     @classmethod
+    def retry(cls, seq, wake_at, why):
+        """Step `seq` is tried again at wake_at: `why` says what it waits out (a backoff after a
+        failed attempt, a tool's open breaker)."""
+        return cls(WaitKind.RETRY, str(seq), wake_at, f"step {seq}: {why}; trying again {moment_text(wake_at)}")
+
+    @classmethod
     def freeze(cls, reason):
         return cls(WaitKind.FREEZE, "", None, f"frozen: {reason}")
 
@@ -62,7 +70,7 @@ def is_over(wait, agent):
     Called in the transaction that would make the run wait, before its own lock: the event's
     waker takes the same lock first, so either it sees the run waiting, or we see the event.
     """
-    if wait.kind == WaitKind.SLEEP:
+    if wait.kind in (WaitKind.SLEEP, WaitKind.RETRY):
         return wait.wake_at <= timezone.now()
     if wait.kind == WaitKind.CHILD:
         child = Run.objects.select_for_update().only("status").get(id=wait.ref)
@@ -83,6 +91,10 @@ def is_over(wait, agent):
 
 def _due_sleeps():
     return Run.objects.waiting_for(WaitKind.SLEEP).filter(wake_at__lte=Now())
+
+
+def _due_retries():
+    return Run.objects.waiting_for(WaitKind.RETRY).filter(wake_at__lte=Now())
 
 
 def _due_children():
@@ -111,6 +123,7 @@ DUE = {
     WaitKind.CHILD: _due_children,
     WaitKind.APPROVAL: _due_approvals,
     WaitKind.FREEZE: _due_freezes,
+    WaitKind.RETRY: _due_retries,
 }
 
 

@@ -49,6 +49,9 @@ def reset():
     EFFECTS.clear()
     CRASH.clear()
     SCRIPT.clear()
+    FAILS.clear()
+    FAILURE.clear()
+    SLOW.clear()
 
 
 def _called(name, key=None):
@@ -644,3 +647,89 @@ def t_waterfall(ctx, request: Waits) -> dict:
     ctx.tool("w_read", value=1, release="")
     ctx.sleep(request.seconds)
     return ctx.tool("t_delete", value=2)
+
+
+# Retries, budgets and loops (tests/test_retries.py) ---------------------------------------------
+
+from runs.budgets import Budget  # noqa: E402
+from runs.retries import CallNotMade, PermanentError, RetryPolicy, TransientError  # noqa: E402
+
+# tool name -> how many of its next calls fail; what they raise
+FAILS = Counter()
+FAILURE = {}
+SLOW = {}  # tool name -> seconds its next call takes
+
+
+def _flaky(name, key=None):
+    _called(name, key)
+    if SLOW.get(name):
+        seconds = SLOW.pop(name)
+        time.sleep(seconds)
+    if FAILS[name] > 0:
+        FAILS[name] -= 1
+        raise FAILURE.get(name, TransientError)(f"{name} is having a bad moment")
+
+
+@tool(effect="read", retry=RetryPolicy(max_attempts=4, base_delay=2.0, max_delay=5.0, timeout=1.0))
+def r_read(args: Value) -> dict:
+    _flaky("r_read")
+    return {"read": args.value}
+
+
+@tool(effect="write", idempotent=True, compensation=UNDO,
+      retry=RetryPolicy(max_attempts=3, base_delay=2.0, max_delay=5.0, timeout=1.0))
+def r_idem(args: Value, *, idempotency_key: str) -> dict:
+    _flaky("r_idem", idempotency_key)
+    return {"idem": args.value}
+
+
+@tool(effect="write", compensation=UNDO, retry=RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.01, timeout=1.0))
+def r_plain(args: Value, *, idempotency_key: str) -> dict:
+    """A write that cannot dedupe."""
+    _flaky("r_plain", idempotency_key)
+    return {"plain": args.value}
+
+
+class Step(BaseModel):
+    tool: str
+    value: int = 1
+    times: int = 1
+
+
+@agent("r_calls")
+def r_calls(ctx, request: Step) -> list:
+    """Calls one tool `times` times with the same arguments."""
+    return [ctx.tool(request.tool, value=request.value) for _ in range(request.times)]
+
+
+@agent("r_fails_on_limit", on_limit="fail", budget=Budget(tool_calls=2))
+def r_fails_on_limit(ctx, request: Step) -> list:
+    return [ctx.tool(request.tool, value=n) for n in range(request.times)]
+
+
+@agent("r_budgeted", budget=Budget(tool_calls=3, retries=1, llm_tokens=20, cost_usd=1.0))
+def r_budgeted(ctx, request: Step) -> list:
+    if request.tool == "llm":
+        return [ctx.llm("scripted", prompt=f"{n}") for n in range(request.times)]
+    return [ctx.tool(request.tool, value=n) for n in range(request.times)]
+
+
+@agent("r_adapts")
+def r_adapts(ctx, request: Step) -> str:
+    """Catches its tool's failure and says so."""
+    try:
+        ctx.tool(request.tool, value=request.value)
+    except Exception as error:
+        return f"adapted: {error}"
+    return "called"
+
+
+@provider("flaky_model", retry=RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.01, timeout=5.0))
+def flaky_model(**request):
+    _flaky("flaky_model")
+    return {"content": "ok", "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.0001}
+
+
+@agent("r_model")
+def r_model(ctx, request: Empty) -> str:
+    return ctx.llm("flaky_model", prompt="hi")["content"]

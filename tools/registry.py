@@ -3,8 +3,9 @@
 A tool declares its effect (read, write or delete; undeclared means delete, the safe default),
 whether its downstream dedupes on the idempotency key it is given, whether it reaches the open
 world, the compensation that would undo it (none: irreversible), which argument fields are
-sensitive (kept for replay, shown redacted), and optionally a reconcile hook that
-answers "did the call with key K happen?" for a step left in doubt by a crash.
+sensitive (kept for replay, shown redacted), optionally a reconcile hook that
+answers "did the call with key K happen?" for a step left in doubt by a crash, and its retry
+policy (attempts, backoff, timeout, transient errors: runs/retries.py).
 
 Each registered tool also has a row in the database (tools.models.Tool), kept in step with the
 code by tools.sync, so admins can manage it.
@@ -17,6 +18,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ValidationError
 
 from runs.agents import describe
+from runs.retries import READ_POLICY, WRITE_POLICY, InvalidRetryPolicy, RetryPolicy
 
 EFFECTS = ("read", "write", "delete")
 # The effects that change the world: their steps record an intent first, the freeze stops
@@ -64,6 +66,12 @@ class ToolSpec:
     # False for tools that exist to prove the runtime (the chaos and benchmark tools): the
     # Tools page lists them only when asked.
     listed: bool = True
+    retry: RetryPolicy = READ_POLICY
+
+    @property
+    def repeatable(self):
+        """A second call cannot do harm: a read, or a write whose downstream dedupes on the key."""
+        return self.effect == "read" or self.idempotent
 
     @property
     def reversible(self):
@@ -107,9 +115,13 @@ TOOLS: dict[str, ToolSpec] = {}
 
 def tool(
     name=None, *, effect="delete", idempotent=False, reconcile=None, description=None,
-    open_world=True, compensation=None, sensitive=(), output_model=None, listed=True,
+    open_world=True, compensation=None, sensitive=(), output_model=None, listed=True, retry=None,
 ):
-    """Register a tool: `def fn(args: Model, *, idempotency_key: str) -> JSON-able result`."""
+    """Register a tool: `def fn(args: Model, *, idempotency_key: str) -> JSON-able result`.
+
+    `retry` (a runs.retries.RetryPolicy) says how its failed calls are tried again; without it,
+    the default for its effect. A write that cannot dedupe is retried only when the error proves
+    the call never happened, whatever its policy (runs.retries.decide)."""
     if effect not in EFFECTS:
         raise ValueError(f"effect must be one of {', '.join(EFFECTS)}, not {effect!r}")
     if compensation is not None and effect == "read":
@@ -129,6 +141,9 @@ def tool(
                 f"tool {tool_name!r} says it is idempotent but takes no idempotency_key: "
                 "a step in doubt runs again, so its downstream must dedupe on that key"
             )
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidRetryPolicy(f"tool {tool_name!r}: retry must be a runs.retries.RetryPolicy, not {retry!r}")
+        policy = (retry or (READ_POLICY if effect == "read" else WRITE_POLICY)).checked(f"tool {tool_name!r}")
         unknown = set(sensitive) - set(annotation.model_fields)
         if unknown:
             raise ValueError(f"tool {tool_name!r}: sensitive fields {sorted(unknown)} are not in its input model")
@@ -146,6 +161,7 @@ def tool(
             sensitive=frozenset(sensitive),
             output_model=output_model,
             listed=listed,
+            retry=policy,
         )
         return fn
 

@@ -54,6 +54,7 @@ class Context:
             guarded=True,
             retry=spec.retry,
             repeatable=spec.repeatable,
+            breaker=spec.breaker,
         ))
 
     def llm(self, provider, /, **request):

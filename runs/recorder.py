@@ -181,6 +181,7 @@ class Step:
     # limit); whether a second call can do no harm (runs/retries.py).
     retry: RetryPolicy | None = None
     repeatable: bool = False
+    breaker: bool = False
 
     @cached_property
     def args_json(self):
@@ -653,7 +654,7 @@ class Recorder:
     def _pass_breaker(self, step, granted):
         """A tool's breaker, before a call: open, the step waits for it to half-open, and the call
         is not made. Returns whether this call is the breaker's one probe."""
-        if not step.guarded or granted:
+        if not step.breaker or granted:
             return False
         verdict = breakers.check(step.name)
         if not verdict.allowed:
@@ -661,7 +662,7 @@ class Recorder:
         return verdict.probe
 
     def _breaker_heard(self, step, *, failed, probe):
-        if step.guarded:
+        if step.breaker:
             breakers.record(step.name, failed=failed, probe=probe)
 
     def _key(self):

@@ -67,6 +67,8 @@ class ToolSpec:
     # Tools page lists them only when asked.
     listed: bool = True
     retry: RetryPolicy = READ_POLICY
+    # Whether its calls pass its circuit breaker (tools/breakers.py), shared by all workers.
+    breaker: bool = True
 
     @property
     def repeatable(self):
@@ -116,12 +118,14 @@ TOOLS: dict[str, ToolSpec] = {}
 def tool(
     name=None, *, effect="delete", idempotent=False, reconcile=None, description=None,
     open_world=True, compensation=None, sensitive=(), output_model=None, listed=True, retry=None,
+    breaker=True,
 ):
     """Register a tool: `def fn(args: Model, *, idempotency_key: str) -> JSON-able result`.
 
     `retry` (a runs.retries.RetryPolicy) says how its failed calls are tried again; without it,
     the default for its effect. A write that cannot dedupe is retried only when the error proves
-    the call never happened, whatever its policy (runs.retries.decide)."""
+    the call never happened, whatever its policy (runs.retries.decide). breaker=False keeps its
+    calls out of the circuit breaker (a tool that must be called whatever its recent failures)."""
     if effect not in EFFECTS:
         raise ValueError(f"effect must be one of {', '.join(EFFECTS)}, not {effect!r}")
     if compensation is not None and effect == "read":
@@ -162,6 +166,7 @@ def tool(
             output_model=output_model,
             listed=listed,
             retry=policy,
+            breaker=bool(breaker),
         )
         return fn
 

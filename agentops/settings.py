@@ -327,6 +327,18 @@ LOOP_REPEAT_LIMIT = envint("LOOP_REPEAT_LIMIT", 3, minimum=2)
 # How often the sweeper looks for expired leases and overdue wake-ups.
 SWEEP_INTERVAL_SECONDS = envint("SWEEP_INTERVAL_SECONDS", 5, minimum=1)
 
+# The circuit breaker of each tool, shared by the workers through Redis (tools/breakers.py,
+# docs/breakers.md): it opens when, within the last BREAKER_WINDOW_SECONDS, at least
+# BREAKER_MIN_CALLS attempts of the tool were made and at least BREAKER_FAILURE_PERCENT of them
+# failed transiently; it stays open BREAKER_COOLDOWN_SECONDS, then lets one probe call through.
+BREAKER_WINDOW_SECONDS = envint("BREAKER_WINDOW_SECONDS", 30, minimum=1)
+BREAKER_MIN_CALLS = envint("BREAKER_MIN_CALLS", 5, minimum=1)
+BREAKER_FAILURE_PERCENT = envint("BREAKER_FAILURE_PERCENT", 50, minimum=1)
+if BREAKER_FAILURE_PERCENT > 100:
+    raise refused("BREAKER_FAILURE_PERCENT", f"BREAKER_FAILURE_PERCENT={BREAKER_FAILURE_PERCENT} must be 100 or less "
+                  "(a share of the calls, in percent)")
+BREAKER_COOLDOWN_SECONDS = envint("BREAKER_COOLDOWN_SECONDS", 30, minimum=1)
+
 # Whether a worker runs each job in a forked work horse (RQ's Worker: a new process, database
 # connection and Redis connection per job) or in itself (RQ's SimpleWorker, keeping its
 # connections). Leases and fencing, not the fork, protect the journal from a dying worker.

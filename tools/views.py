@@ -12,6 +12,7 @@ from runs.actors import Actor
 from runs.roles import permission_required
 from runs.models import JournalEntry
 from runs.timeline import build_steps
+from tools import breakers
 from tools.approvals import ApprovalError, decide
 from tools.freeze import FreezeError, lift_freeze, set_freeze
 from tools.models import Approval, ApprovalStatus, Tool, ToolPermission
@@ -26,15 +27,20 @@ def tool_list(request: HttpRequest) -> HttpResponse:
     show_all = request.GET.get("all") == "1"
     if not show_all:
         tools = [tool for tool in tools if tool not in unlisted]
+    breaker_states = breakers.states(tool.name for tool in tools)
     rows = [
         {
             "tool": tool,
             "for_all": ToolPermission.objects.decide_from(tool, list(tool.permissions.all()), agent=""),
             "agent_rules": [p for p in tool.permissions.all() if p.agent],
+            "breaker": breaker_states[tool.name],
         }
         for tool in tools
     ]
-    return render(request, "tools/list.html", {"rows": rows, "unlisted": len(unlisted), "show_all": show_all})
+    return render(request, "tools/list.html", {
+        "rows": rows, "unlisted": len(unlisted), "show_all": show_all,
+        "breakers_unknown": any(state.state == breakers.UNKNOWN for state in breaker_states.values()),
+    })
 
 
 def _back(request):
@@ -68,6 +74,19 @@ def freeze_lift(request: HttpRequest) -> HttpResponse:
         messages.error(request, f"Not lifted: {error}.")
     else:
         messages.success(request, "Freeze lifted: the runs that waited for it are queued again.")
+    return _back(request)
+
+
+@require_POST
+@permission_required("tools.change_tool", raise_exception=True)
+def breaker_reset(request: HttpRequest) -> HttpResponse:
+    name = request.POST.get("tool", "")
+    try:
+        breakers.reset(name, actor=Actor.for_user(request.user))
+    except breakers.BreakerError as error:
+        messages.error(request, f"Not reset: {error}.")
+    else:
+        messages.success(request, f"Breaker of {name} reset: it is closed and its window is empty; the next call of {name} goes through.")
     return _back(request)
 
 

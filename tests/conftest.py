@@ -128,6 +128,19 @@ def log_in(page, live_server_url, username, password=PASSWORD):
 @pytest.fixture(autouse=True)
 def fresh_test_agents():
     tests.agents.reset()
+    forget_breakers()
+
+
+def forget_breakers():
+    """Close every tool's circuit breaker of the test database: what one test's failures opened
+    must not hold the next test's calls. (Its keys: tools.breakers._keys.)"""
+    from django.db import connection
+
+    from runs.queue import redis_connection
+
+    keys = list(redis_connection().scan_iter(f"breaker:{connection.settings_dict['NAME']}:*"))
+    if keys:
+        redis_connection().delete(*keys)
 
 
 def empty_run_queue():

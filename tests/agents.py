@@ -18,6 +18,8 @@ from pydantic import BaseModel, Field
 
 from runs.actors import Actor
 from runs.agents import agent
+from runs.budgets import Budget
+from runs.retries import RetryPolicy, TransientError
 from runs.llm import provider
 from tools.demo.models import LedgerCall
 from tools.registry import Compensation, Reconciled, tool
@@ -234,7 +236,11 @@ def w_read(args: Blocking) -> dict:
     return {"value": args.value}
 
 
-@tool(effect="write", idempotent=True, compensation=UNDO)
+# The blocking tools wait for their test as long as it takes: no timeout.
+UNTIMED = RetryPolicy(timeout=None)
+
+
+@tool(effect="write", idempotent=True, compensation=UNDO, retry=UNTIMED)
 def w_block(args: Blocking, *, idempotency_key: str) -> dict:
     LedgerCall.objects.create(key=idempotency_key, tool="w_block", executed=True)
     _wait_for_release(args.release)
@@ -275,7 +281,7 @@ def w_blocker(ctx, request: Blocking) -> int:
     return request.value
 
 
-@tool(effect="write", compensation=UNDO)
+@tool(effect="write", compensation=UNDO, retry=UNTIMED)
 def w_block_plain(args: Blocking, *, idempotency_key: str) -> dict:
     """A plain (non-idempotent) write that blocks until its release file exists."""
     LedgerCall.objects.create(key=idempotency_key, tool="w_block_plain", executed=True)
@@ -651,8 +657,6 @@ def t_waterfall(ctx, request: Waits) -> dict:
 
 # Retries, budgets and loops (tests/test_retries.py) ---------------------------------------------
 
-from runs.budgets import Budget  # noqa: E402
-from runs.retries import CallNotMade, PermanentError, RetryPolicy, TransientError  # noqa: E402
 
 # tool name -> how many of its next calls fail; what they raise
 FAILS = Counter()
@@ -733,3 +737,27 @@ def flaky_model(**request):
 @agent("r_model")
 def r_model(ctx, request: Empty) -> str:
     return ctx.llm("flaky_model", prompt="hi")["content"]
+
+
+# A remote service for the worker processes' tests: down while LedgerCall holds no "up" row for
+# it (a switch the test flips), and every call recorded.
+
+def _remote(name, key, slow_backoff):
+    up = LedgerCall.objects.filter(key=f"{name}:up", tool="switch").exists()
+    LedgerCall.objects.create(key=key, tool=name, executed=up)
+    if not up:
+        raise TransientError(f"{name} is down")
+
+
+@tool(effect="read", retry=RetryPolicy(max_attempts=3, base_delay=3600, max_delay=3600, timeout=5.0))
+def r_remote_slow(args: Value) -> dict:
+    """A backoff of up to an hour: its retry waits, and frees the worker."""
+    _remote("r_remote_slow", f"slow-{time.time_ns()}", True)
+    return {"read": args.value}
+
+
+@tool(effect="read", retry=RetryPolicy(max_attempts=50, base_delay=0.2, max_delay=0.2, timeout=5.0))
+def r_remote(args: Value) -> dict:
+    """Retried soon, many times: only its breaker keeps it from being hammered."""
+    _remote("r_remote", f"remote-{time.time_ns()}", False)
+    return {"read": args.value}

@@ -17,6 +17,7 @@ from django.db import IntegrityError, connection, transaction
 from pydantic import BaseModel, Field
 
 from runs.agents import agent
+from runs.budgets import Budget
 from tools.demo.models import LedgerCall
 from tools.registry import Compensation, Reconciled, tool
 
@@ -194,7 +195,11 @@ class Steps(BaseModel):
     steps: int = Field(ge=0, le=1_000_000)
 
 
-@agent("bench_reads")
+# The benchmarks' runs make as many steps as they are asked for.
+UNBOUNDED = Budget(tool_calls=None)
+
+
+@agent("bench_reads", budget=UNBOUNDED)
 def bench_reads(ctx, request: Steps) -> int:
     for i in range(request.steps):
         ctx.tool("bench_read", i=i)
@@ -206,7 +211,7 @@ def bench_one_step(ctx, request: Steps) -> int:
     return ctx.tool("bench_read", i=request.steps)["i"]
 
 
-@agent("bench_writes")
+@agent("bench_writes", budget=UNBOUNDED)
 def bench_writes(ctx, request: Steps) -> int:
     for i in range(request.steps):
         ctx.tool("bench_write", i=i)

@@ -1,0 +1,105 @@
+"""Retries with real worker processes: a backoff frees its worker; two workers share one breaker;
+Redis stopping under them does not wedge the runs."""
+
+import time
+from datetime import timedelta
+
+import pytest
+
+from runs.actors import Actor
+from runs.models import JournalEntry, Run
+from runs.moves import start_run
+from runs.processes import PrivateRedis
+from runs.services import retry_step
+from tests.agents import TEST
+from tests.conftest import Workers, wait_for
+from tools.demo.models import LedgerCall
+
+pytestmark = pytest.mark.django_db(transaction=True)
+OPERATOR = Actor("user", "olga")
+
+
+def switch_on(name):
+    LedgerCall.objects.create(key=f"{name}:up", tool="switch", executed=True)
+
+
+def calls(name):
+    return list(LedgerCall.objects.filter(tool=name).order_by("called_at", "id"))
+
+
+def test_a_run_waiting_on_its_backoff_frees_the_worker_for_another(workers):
+    workers.start()
+    waiting = start_run("r_calls", {"tool": "r_remote_slow"}, started_by=TEST)
+    wait_for(lambda: Run.objects.get(id=waiting.id).wait_kind == "retry", what="the first attempt to fail")
+
+    other = start_run("r_calls", {"tool": "t_read", "value": 4}, started_by=TEST)
+    wait_for(lambda: Run.objects.get(id=other.id).status == "succeeded", what="the other run, on the one worker")
+    run = Run.objects.get(id=waiting.id)
+    assert (run.status, run.wait_ref) == ("waiting", "1")
+    [row] = JournalEntry.objects.filter(run=run, phase="outcome")
+    assert row.status == "retry" and row.error["delay_s"] > 1
+    assert run.wake_at == row.created_at + timedelta(seconds=row.error["delay_s"]) or run.wake_at > row.created_at
+
+    switch_on("r_remote_slow")
+    retry_step(run.id, 1, actor=OPERATOR, reason="it is back")
+    wait_for(lambda: Run.objects.get(id=waiting.id).status == "succeeded", what="the retried run")
+    assert len(calls("r_remote_slow")) == 2
+
+
+def test_two_workers_share_one_breaker_and_one_probe_half_opens_it(transactional_db, tmp_path):
+    from tests.conftest import empty_run_queue
+
+    empty_run_queue()
+    pool = Workers(tmp_path, RUN_LEASE_SECONDS="5", BREAKER_MIN_CALLS="3", BREAKER_WINDOW_SECONDS="60",
+                   BREAKER_COOLDOWN_SECONDS="3", BREAKER_FAILURE_PERCENT="50")
+    try:
+        pool.start()
+        pool.start()
+        runs = [start_run("r_calls", {"tool": "r_remote", "value": n}, started_by=TEST) for n in range(6)]
+        # Every run ends up waiting for the breaker: nobody calls a tool that is down.
+        wait_for(lambda: Run.objects.filter(id__in=[r.id for r in runs], wait_kind="retry").count() == 6,
+                 timeout=60, what="every run to wait for the open breaker")
+        opened = calls("r_remote")
+        # Three failures open it; a call that both workers let through at the same moment may
+        # make a fourth.
+        assert 3 <= len(opened) <= 4, [c.called_at for c in opened]
+
+        # While the tool stays down, calls come one at a time, each a cooldown after the last.
+        wait_for(lambda: len(calls("r_remote")) >= len(opened) + 2, timeout=60, what="two probes")
+        probes = calls("r_remote")[len(opened):len(opened) + 2]
+        assert probes[0].called_at >= opened[-1].called_at + timedelta(seconds=2.9)
+        assert probes[1].called_at >= probes[0].called_at + timedelta(seconds=2.9)
+
+        switch_on("r_remote")
+        wait_for(lambda: Run.objects.filter(id__in=[r.id for r in runs], status="succeeded").count() == 6,
+                 timeout=90, what="every run to succeed once the tool is back")
+    finally:
+        pool.stop_all()
+        empty_run_queue()
+
+
+def test_redis_stopping_under_the_breaker_does_not_wedge_the_runs(transactional_db, tmp_path):
+    """The breaker fails open to the journal's counts: a run whose worker meets no Redis at its
+    next tool call makes the call and finishes, Redis still down."""
+    server = PrivateRedis()
+    server.start()
+    pool = Workers(tmp_path, RUN_LEASE_SECONDS="3", REDIS_URL=server.url)
+    try:
+        pool.start()
+        pool.sweeper()
+        release = tmp_path / "release"
+        # Enqueued on the suite's Redis: the private one's sweeper finds it and enqueues it there.
+        run = start_run("w_blocker", {"value": 7, "release": str(release)}, started_by=TEST)
+        wait_for(lambda: LedgerCall.objects.filter(key=f"{run.id}:3").exists(), timeout=60,
+                 what="the blocking tool call")
+        server.stop()
+        release.touch()  # the next step is a tool call: its breaker check meets no Redis
+        wait_for(lambda: Run.objects.get(id=run.id).status == "succeeded", timeout=60,
+                 what="the run to finish with Redis down")
+        assert LedgerCall.objects.filter(key=f"{run.id}:4", tool="w_write").exists()
+    finally:
+        pool.stop_all()
+        if server.process.poll() is None:
+            server.stop()
+    log = (tmp_path / "worker-0.log").read_text()
+    assert "breaker" in log.lower(), log

@@ -658,7 +658,8 @@ class Recorder:
             return False
         verdict = breakers.check(step.name)
         if not verdict.allowed:
-            raise Wait(WaitFor.retry(self.seq, verdict.until, verdict.reason or f"the breaker of {step.name!r} is open"))
+            until = verdict.until or timezone.now() + timedelta(seconds=1)
+            raise Wait(WaitFor.retry(self.seq, until, verdict.reason or f"the breaker of {step.name!r} is open"))
         return verdict.probe
 
     def _breaker_heard(self, step, *, failed, probe):

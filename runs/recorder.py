@@ -60,7 +60,7 @@ from pydantic_core import to_jsonable_python
 
 from runs import live
 from runs.agents import AGENTS
-from runs.budgets import Budget, Counter, exceeded, repeated_calls
+from runs.budgets import Budget, Counter, exceeded
 from runs.models import JournalEntry, ParkedBy
 from runs.retries import (
     FAIL, IN_DOUBT, SLEEP_IN_WORKER_UP_TO_SECONDS, CallTimedOut, RetryPolicy, call_with_timeout, decide,
@@ -371,7 +371,8 @@ class Recorder:
         for step_rows in journal.values():
             for row in step_rows:
                 self.spending.add(row)
-        self.tool_trail = []  # (seq, name, args hash) of the tool steps so far, for loops
+        # The seqs of the latest tool steps that asked for the same call, and that call: a loop.
+        self.tool_trail, self._trail_call = [], None
         self._written = defaultdict(list)  # seq -> the rows this advance wrote
 
     def record(self, step: Step):
@@ -381,7 +382,7 @@ class Recorder:
         if step.guarded:
             self.tool_calls[step.name] += 1
         if step.is_tool:
-            self.tool_trail.append((self.seq, step.name, step.args_hash))
+            self._follow_trail(step)
         if not rows:
             if self.dry_run:
                 raise EndOfJournal(self.seq)
@@ -635,7 +636,7 @@ class Recorder:
         repeats = self.limits.get("repeats")
         if repeats is None:
             return
-        steps = repeated_calls(self.tool_trail)
+        steps = self.tool_trail
         if len(steps) >= repeats:
             self._limit_reached(step, 1, ParkedBy.LOOP, "repeats", (
                 f"loop: tool {step.name!r} asked for with the same arguments {len(steps)} times in a row "
@@ -647,6 +648,16 @@ class Recorder:
                                       details={"budget": budget, "limit": self.limits.get(budget)}),
                          attempt=attempt)
         raise self._parked(parked_by, reason)
+
+    def _follow_trail(self, step):
+        """Keep the seqs of the trailing run of identical tool calls (budgets.repeated_calls,
+        one step at a time)."""
+        same = self._trail_call == (step.name, step.args_hash)
+        if same:
+            self.tool_trail.append(self.seq)
+        else:
+            self.tool_trail = [self.seq]
+        self._trail_call = (step.name, step.args_hash)
 
     def _parked(self, parked_by, reason):
         return NeedsAttention(reason, self.seq, parked_by=parked_by)

@@ -137,10 +137,13 @@ def forget_breakers():
     from django.db import connection
 
     from runs.queue import redis_connection
+    from tools import breakers
 
     keys = list(redis_connection().scan_iter(f"breaker:{connection.settings_dict['NAME']}:*"))
     if keys:
         redis_connection().delete(*keys)
+    for link in breakers._links.values():
+        link.forget()
 
 
 def empty_run_queue():

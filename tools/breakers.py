@@ -15,6 +15,13 @@ window's attempts and failures (two sorted sets scored by time). Every key expir
 nobody uses leaves nothing behind. The time is this process's clock, passed to the scripts, so
 the journal fallback and the tests (a controlled `clock`) use the same one.
 
+A healthy tool's calls cost no round trip to Redis (the journal's hot path): a process that
+found a tool's breaker closed remembers it for FRESH_SECONDS, unless it saw one of the tool's
+calls fail within the window, and sends the successes it records in a batch at most
+FRESH_SECONDS late (at once with a failure). A failure is reported at once. So a breaker opened
+by another process is seen at most FRESH_SECONDS late by a process whose own calls succeed, and
+at once by one whose calls fail.
+
 Redis down: `check` and `record` never raise and never wait long (half-second socket timeouts,
 no retries). `check` then counts the journal's own outcome rows of the tool in the window (the
 recorder marks a transiently failed attempt's error with "transient": true); the outage is
@@ -47,6 +54,9 @@ SOCKET_TIMEOUT = 0.5
 # A caller turned away while another holds the probe looks again this soon (or after the
 # cooldown, if shorter): the probe's outcome is usually known by then.
 HALF_OPEN_RETRY_SECONDS = 5
+# How long a process trusts that a breaker it found closed is still closed, and how long it
+# keeps successes before it sends them.
+FRESH_SECONDS = 1.0
 
 CLOSED = "closed"
 OPEN = "open"
@@ -101,7 +111,8 @@ return {'half_open', s[2]}
 """
 
 # KEYS: state, calls, fails. ARGV: now, failed (0/1), probe (0/1), a unique member, window,
-# min calls, failure percent, cooldown, ttl of the state (ms). Returns the state after.
+# min calls, failure percent, cooldown, ttl of the state (ms), successes recorded earlier by
+# this process and sent with this call. Returns the state after.
 _RECORD = """
 local now = tonumber(ARGV[1])
 local failed = ARGV[2] == '1'
@@ -120,6 +131,9 @@ if ARGV[3] == '1' and opens_at >= 0 and now >= opens_at then
   end
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   return 'closed'
+end
+for i = 1, tonumber(ARGV[10] or '0') do
+  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[4] .. ':' .. i)
 end
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[4])
 if failed then redis.call('ZADD', KEYS[3], ARGV[1], ARGV[4]) end
@@ -155,6 +169,25 @@ class _Link:
         self.record = self.client.register_script(_RECORD)
         self.outage = Outage(f"Redis at {url} (the tools' circuit breakers)")
         self.skip_until = 0.0  # monotonic
+        # By state key, in monotonic seconds: when a check found the breaker closed, when this
+        # process last recorded a failure, when it last sent its successes; and how many
+        # successes wait to be sent.
+        self.closed_at = {}
+        self.failed_at = {}
+        self.sent_at = {}
+        self.pending = {}
+
+    def known_closed(self, key, now, window):
+        return (now - self.closed_at.get(key, -FRESH_SECONDS) < FRESH_SECONDS
+                and now - self.failed_at.get(key, -window) >= window)
+
+    def forget(self, key=None):
+        """Drop what this process remembers of one breaker (None: of all)."""
+        for memory in (self.closed_at, self.failed_at, self.sent_at, self.pending):
+            if key is None:
+                memory.clear()
+            else:
+                memory.pop(key, None)
 
     @property
     def usable(self):
@@ -213,14 +246,19 @@ def check(tool_name: str) -> Verdict:
     link = _link()
     if link.usable:
         window, _, _, cooldown = _config()
+        keys, moment = _keys(tool_name), time.monotonic()
+        if link.known_closed(keys[0], moment, window):
+            return Verdict(allowed=True)
         try:
-            answer = link.check(keys=_keys(tool_name)[:1],
-                                args=[_ms(now), _ms(cooldown), _state_ttl_ms(window, cooldown)])
+            answer = link.check(keys=keys[:1], args=[_ms(now), _ms(cooldown), _state_ttl_ms(window, cooldown)])
         except redis.RedisError as error:
             link.failed(error)
         else:
             link.answered()
-            return _verdict(tool_name, now, [part.decode() if part is not None else "" for part in answer])
+            answer = [part.decode() if part is not None else "" for part in answer]
+            if answer[0] == CLOSED:
+                link.closed_at[keys[0]] = moment
+            return _verdict(tool_name, now, answer)
     return _verdict_from_journal(tool_name, now)
 
 
@@ -284,15 +322,25 @@ def record(tool_name: str, *, failed: bool, probe: bool = False) -> None:
     if not link.usable:
         return
     window, min_calls, percent, cooldown = _config()
+    keys, moment = _keys(tool_name), time.monotonic()
+    earlier = link.pending.pop(keys[0], 0)
+    if not failed and not probe and moment - link.sent_at.get(keys[0], -FRESH_SECONDS) < FRESH_SECONDS:
+        link.pending[keys[0]] = earlier + 1  # sent with the next failure, or within FRESH_SECONDS
+        return
+    if failed:
+        link.failed_at[keys[0]] = moment
     try:
-        link.record(keys=_keys(tool_name), args=[
+        after = link.record(keys=keys, args=[
             _ms(clock()), int(failed), int(probe), uuid.uuid4().hex, _ms(window), min_calls, percent,
-            _ms(cooldown), _state_ttl_ms(window, cooldown),
+            _ms(cooldown), _state_ttl_ms(window, cooldown), earlier,
         ])
     except redis.RedisError as error:
         link.failed(error)
     else:
         link.answered()
+        link.sent_at[keys[0]] = moment
+        if after != CLOSED.encode():
+            link.closed_at.pop(keys[0], None)
 
 
 def states(tool_names) -> dict[str, BreakerState]:
@@ -345,6 +393,7 @@ def reset(tool_name: str, *, actor) -> None:
         AuditEntry.record(actor, "reset_breaker", target=tool_name, details={
             "state_before": before.state, "calls": before.calls, "failed": before.failed,
         })
+        _link().forget(_keys(tool_name)[0])
         try:
             _link().client.delete(*_keys(tool_name))
         except redis.RedisError as error:

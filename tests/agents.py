@@ -761,3 +761,13 @@ def r_remote(args: Value) -> dict:
     """Retried soon, many times: only its breaker keeps it from being hammered."""
     _remote("r_remote", f"remote-{time.time_ns()}", False)
     return {"read": args.value}
+
+
+@tool(effect="read", retry=RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01, timeout=1.0))
+def r_hang(args: Value) -> dict:
+    """Its first call hangs for a minute (in a worker process: its timeout must stop it)."""
+    first = not LedgerCall.objects.filter(key=f"r_hang:{args.value}", tool="r_hang").exists()
+    LedgerCall.objects.create(key=f"r_hang:{args.value}", tool="r_hang", executed=first)
+    if first:
+        time.sleep(60)
+    return {"read": args.value}

@@ -236,6 +236,20 @@ def test_a_budget_exceeded_parks_the_run_naming_it_and_raising_it_resumes(budget
     assert entry.details["after"][budget] is None and entry.username == "olga"
 
 
+def test_the_cost_budget_parks_the_run_once_reached():
+    run = advance(start("r_budgeted", {"tool": "llm", "times": 5}, budget={"cost_usd": 0.0002, "llm_tokens": None}))
+    assert (run.status, run.parked_by) == ("needs_attention", "budget")
+    assert "cost (USD) limit 0.0002, spent 0.0002" in run.status_reason
+    assert CALLS["model"] == 2
+
+
+def test_bad_provider_retry_settings_are_refused_naming_the_provider():
+    from runs.llm import provider
+
+    with pytest.raises(InvalidRetryPolicy, match="LLM provider 'r_bad_model': retry policy refused: max_delay"):
+        provider("r_bad_model", retry=RetryPolicy(base_delay=5, max_delay=1))
+
+
 def test_the_retry_budget_parks_before_the_retry(jitter):
     jitter["value"] = 0.001
     FAILS["r_read"] = 3

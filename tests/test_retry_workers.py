@@ -46,6 +46,17 @@ def test_a_run_waiting_on_its_backoff_frees_the_worker_for_another(workers):
     assert len(calls("r_remote_slow")) == 2
 
 
+@pytest.mark.parametrize("fork", [False, True])
+def test_a_worker_stops_a_call_at_its_timeout_and_tries_again(workers, fork):
+    workers.start(fork=fork)
+    run = start_run("r_calls", {"tool": "r_hang", "value": 3}, started_by=TEST)
+    wait_for(lambda: Run.objects.get(id=run.id).status == "succeeded", timeout=45,
+             what="the run, its hung call stopped after a second")
+    first, second = JournalEntry.objects.filter(run=run, phase="outcome").order_by("attempt")
+    assert (first.status, first.error["type"], second.status) == ("retry", "timeout", "succeeded")
+    assert second.created_at - first.created_at < timedelta(seconds=30)  # not the minute's hang
+
+
 def test_two_workers_share_one_breaker_and_one_probe_half_opens_it(transactional_db, tmp_path):
     from tests.conftest import empty_run_queue
 

@@ -69,7 +69,7 @@ def test_the_old_module_names_are_refused_with_the_new_ones(old_name):
     assert "tools.demo.agents,tools.demo.proving" in last and "DEMO=1" in last
 
 
-@pytest.mark.parametrize("command", ["chaos", "bench_journal", "screenshots"])
+@pytest.mark.parametrize("command", ["chaos", "bench_journal", "screenshots", "storm"])
 def test_a_command_that_needs_the_demo_says_so_in_one_line(command):
     result = run_python(["manage.py", command], DEMO="0")
 

@@ -68,3 +68,35 @@ class LedgerCall(models.Model):
                 condition=models.Q(executed=True, tool__in=["chaos_deposit"]),
             ),
         ]
+
+
+class StormService(models.Model):
+    """The storm tools' far side (`manage.py storm`): how often it fails. One row (id 1), written
+    by the command before its workers start, read at every call, so that the workers (other
+    processes) fail at the rate the command was given."""
+
+    failure_rate = models.FloatField(default=0.0)
+
+    @classmethod
+    def current_failure_rate(cls):
+        return cls.objects.filter(id=1).values_list("failure_rate", flat=True).first() or 0.0
+
+    @classmethod
+    def set_failure_rate(cls, rate):
+        cls.objects.update_or_create(id=1, defaults={"failure_rate": rate})
+
+
+class StormCall(models.Model):
+    """Every call the storm tools' far side receives: its key, whether it took effect (the first
+    call of a key that got past the failure before the effect) and whether its caller was
+    answered with a success. An effect whose answer was lost is found again by the key's next
+    call, which answers without a second effect."""
+
+    key = models.CharField(max_length=200)
+    tool = models.CharField(max_length=100)
+    took_effect = models.BooleanField()
+    answered = models.BooleanField()
+    called_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(name="storm_call_key_idx", fields=["key"])]

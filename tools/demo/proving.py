@@ -1,6 +1,6 @@
 """Agents and tools that prove the runtime: the chaos agent (`manage.py chaos`, `manage.py
-faults`), the poison agent (`manage.py faults`) and the benchmark agents (`manage.py
-bench_journal`).
+faults`), the poison agent (`manage.py faults`), the benchmark agents (`manage.py
+bench_journal`) and the storm agents (`manage.py storm`).
 
 The chaos tools act on LedgerCall, a table that stands for the outside world and records every
 call they receive, so the chaos command can count effects that happened twice. Their writes are
@@ -8,6 +8,7 @@ undone by chaos_undo, which acts on the ledger too, so `chaos --rollback` can co
 compensations that happened twice.
 """
 
+import json
 import os
 import random
 import signal
@@ -18,7 +19,10 @@ from pydantic import BaseModel, Field
 
 from runs.agents import agent
 from runs.budgets import Budget
-from tools.demo.models import LedgerCall
+from runs.llm import provider
+from runs.recorder import ToolError
+from runs.retries import RetryPolicy, TransientError
+from tools.demo.models import LedgerCall, StormCall, StormService
 from tools.registry import Compensation, Reconciled, tool
 
 
@@ -216,3 +220,97 @@ def bench_writes(ctx, request: Steps) -> int:
     for i in range(request.steps):
         ctx.tool("bench_write", i=i)
     return request.steps
+
+
+# Storm: a tool that fails at a rate (`manage.py storm`), called under our retry discipline and
+# under a naive one, so that the command can count what each costs.
+#
+# The far side is StormService (its failure rate, set by the command) and StormCall (every call
+# it receives). A failed call fails either before the effect or after it (the answer is lost);
+# the key's next call then finds the effect and answers without a second one.
+
+# A model that always answers: what is counted is how often each agent asks it.
+STORM_MODEL = "storm_model"
+# Short backoffs, so that at a failure rate of 0.3 every run succeeds within seconds: eight
+# attempts fail together one time in 15,000.
+STORM_POLICY = RetryPolicy(max_attempts=8, base_delay=0.2, max_delay=2.0, timeout=10.0)
+# What frameworks do by default: five immediate retries of each call, then the model is asked
+# again with the error, up to five times.
+NAIVE_POLICY = RetryPolicy(max_attempts=6, base_delay=0, max_delay=0, timeout=10.0)
+NAIVE_REPROMPTS = 5
+# The naive agent has no budget and no loop guard, as such frameworks have none.
+NAIVE_BUDGET = {"repeats": None, "retries": None, "tool_calls": None}
+
+
+@provider(STORM_MODEL)
+def storm_model(**request) -> dict:
+    """An offline model: tokens grow with the prompt (a re-prompt carries the errors so far)."""
+    input_tokens = 200 + len(json.dumps(request, sort_keys=True)) // 4
+    output_tokens = 40
+    return {
+        "content": f"call the tool for item {request.get('item')}",
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cost_usd": round(input_tokens * 3e-6 + output_tokens * 15e-6, 6),
+    }
+
+
+class StormItem(BaseModel):
+    item: int = Field(ge=0)
+
+
+def _storm_far_side(tool_name, item, key):
+    """One call reaching the far side: it fails at the service's rate, half the time before the
+    effect and half the time after it; the effect happens once per key."""
+    fails = random.random() < StormService.current_failure_rate()
+    before_effect = fails and random.random() < 0.5
+    with transaction.atomic():
+        # Two calls with the same key queue up on the key's lock, so only the first takes effect.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [key])
+        first = not before_effect and not StormCall.objects.filter(key=key, took_effect=True).exists()
+        StormCall.objects.create(key=key, tool=tool_name, took_effect=first, answered=not fails)
+    if before_effect:
+        raise TransientError(f"item {item}: the service failed before acting")
+    if fails:
+        raise TransientError(f"item {item}: the service acted, and its answer was lost")
+    return {"item": item, "recorded": "now" if first else "earlier"}
+
+
+@tool(effect="write", idempotent=True, compensation=UNDO, listed=False, retry=STORM_POLICY)
+def storm_call(args: StormItem, *, idempotency_key: str) -> dict:
+    """An idempotent write to a flaky service, under our retry discipline (and its breaker)."""
+    return _storm_far_side("storm_call", args.item, idempotency_key)
+
+
+@tool(effect="write", idempotent=True, compensation=UNDO, listed=False, retry=NAIVE_POLICY, breaker=False)
+def storm_call_naive(args: StormItem, *, idempotency_key: str) -> dict:
+    """The same write to the same service, retried as frameworks do: at once, without a breaker."""
+    return _storm_far_side("storm_call_naive", args.item, idempotency_key)
+
+
+@agent("storm")
+def storm(ctx, request: StormItem) -> dict:
+    """Asks the model once, then makes the call; failures are retried by the harness."""
+    ctx.llm(STORM_MODEL, task=f"record item {request.item}", item=request.item)
+    return ctx.tool("storm_call", item=request.item)
+
+
+class StormGaveUp(Exception):
+    """The naive agent's last re-prompt failed too."""
+
+
+# on_limit="fail": a call whose attempts ran out comes back to the agent as a ToolError (as a
+# framework's tool error does), instead of parking the run for a person.
+@agent("storm_naive", on_limit="fail")
+def storm_naive(ctx, request: StormItem) -> dict:
+    """Asks the model, makes the call, and after each failed call asks the model again with the
+    error, as agent frameworks do by default."""
+    errors = []
+    for _ in range(1 + NAIVE_REPROMPTS):
+        ctx.llm(STORM_MODEL, task=f"record item {request.item}", item=request.item, errors=errors)
+        try:
+            return ctx.tool("storm_call_naive", item=request.item)
+        except ToolError as error:
+            errors.append(error.message)
+    raise StormGaveUp(f"item {request.item}: the call failed after {NAIVE_REPROMPTS} re-prompts")

@@ -332,7 +332,7 @@ SWEEP_INTERVAL_SECONDS = envint("SWEEP_INTERVAL_SECONDS", 5, minimum=1)
 # BREAKER_MIN_CALLS attempts of the tool were made and at least BREAKER_FAILURE_PERCENT of them
 # failed transiently; it stays open BREAKER_COOLDOWN_SECONDS, then lets one probe call through.
 BREAKER_WINDOW_SECONDS = envint("BREAKER_WINDOW_SECONDS", 30, minimum=1)
-BREAKER_MIN_CALLS = envint("BREAKER_MIN_CALLS", 5, minimum=1)
+BREAKER_MIN_CALLS = envint("BREAKER_MIN_CALLS", 20, minimum=1)
 BREAKER_FAILURE_PERCENT = envint("BREAKER_FAILURE_PERCENT", 50, minimum=1)
 if BREAKER_FAILURE_PERCENT > 100:
     raise refused("BREAKER_FAILURE_PERCENT", f"BREAKER_FAILURE_PERCENT={BREAKER_FAILURE_PERCENT} must be 100 or less "

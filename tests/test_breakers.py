@@ -27,6 +27,13 @@ from tools.models import Tool
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+
+@pytest.fixture(autouse=True)
+def breakers_judge_five_calls(settings):
+    """These tests make a handful of calls: a breaker that judges at least five (the default
+    judges twenty, docs/breakers.md)."""
+    settings.BREAKER_MIN_CALLS = 5
+
 ADA = Actor("user", "ada")
 
 

@@ -38,12 +38,11 @@ class Budget:
     retries: int | None = 50
     llm_tokens: int | None = None
     cost_usd: float | None = None
-    # None here means "the LOOP_REPEAT_LIMIT setting".
-    repeats: int | None = None
+    repeats: int | None | str = "LOOP_REPEAT_LIMIT"  # the setting's value, unless given
 
     def as_limits(self):
         limits = asdict(self)
-        if limits["repeats"] is None:
+        if limits["repeats"] == "LOOP_REPEAT_LIMIT":
             limits["repeats"] = settings.LOOP_REPEAT_LIMIT
         return limits
 
@@ -75,7 +74,7 @@ def check_budget(budget, owner):
     if not isinstance(budget, Budget):
         raise InvalidBudget(f"{owner}: budget must be a runs.budgets.Budget, not {budget!r}")
     checked_limits({f.name: getattr(budget, f.name) for f in fields(budget)
-                    if not (f.name == "repeats" and getattr(budget, f.name) is None)}, owner)
+                    if not (f.name == "repeats" and getattr(budget, f.name) == "LOOP_REPEAT_LIMIT")}, owner)
     return budget
 
 

@@ -322,9 +322,15 @@ def _run_write_sql(params):
         raise JournalUnavailable(f"could not write the journal of run {params['run']}: {error}") from error
 
 
+# What the journal records of an attempt for itself: the agent's error does not carry it.
+_JOURNAL_ONLY = frozenset({"type", "message", "fails_run", "not_called", "transient", "attempts", "delay_s",
+                           "next_at", "exhausted"})
+
+
 def _details(error):
-    """A recorded error's fields beyond its type and message."""
-    return {key: value for key, value in error.items() if key not in ("type", "message", "fails_run", "not_called")}
+    """A recorded error's fields beyond its type and message, and what the journal keeps of the
+    attempt for itself (an operator's denial: who, which tool, why)."""
+    return {key: value for key, value in error.items() if key not in _JOURNAL_ONLY}
 
 
 def _json_or_null(value):

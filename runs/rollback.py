@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from runs import moves
 from runs.actors import Actor
 from runs.agents import ROLLBACK_AGENT, agent
+from runs.budgets import Budget
 from runs.models import JournalEntry, Run, RunStatus
 from runs.recorder import ToolError, canonical_json, hash_json
 from tools.models import Approval, ApprovalStatus
@@ -198,7 +199,12 @@ class RollbackOutcome(BaseModel):
     not_attempted: list[Undone] = []
 
 
-@agent(ROLLBACK_AGENT)
+# A plan may be long, and may undo several writes with the same compensation and the same
+# arguments (a deposit made twice, taken back twice): that is no loop.
+PLAN_BUDGET = Budget(tool_calls=None, repeats=None)
+
+
+@agent(ROLLBACK_AGENT, budget=PLAN_BUDGET)
 def rollback(ctx, plan: RollbackInput) -> RollbackOutcome:
     """Call each compensation in the order of the plan; stop at the first that fails, since the
     steps before it in the plan were undone on the assumption that later ones were."""

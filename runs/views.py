@@ -114,9 +114,9 @@ def controls_state(context):
 
 
 def steps_state(context):
-    """What the page shows of each step (seq -> status, attempts, rows): the consumer resends a
-    step only when its entry changes."""
-    return {step.seq: (step.status, step.attempts, len(step.rows)) for step in context["steps"]}
+    """What the page shows of each step (seq -> status, attempts, rows, marked as a loop's): the
+    consumer resends a step only when its entry changes."""
+    return {step.seq: (step.status, step.attempts, len(step.rows), step.repeated) for step in context["steps"]}
 
 
 def state_key(state):

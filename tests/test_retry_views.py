@@ -9,21 +9,24 @@ import re
 import subprocess
 import sys
 from datetime import timedelta
+from html import unescape
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.http import QueryDict
 from django.test import Client
 from django.utils import timezone
 
 from runs import moves
-
 from runs.engine import advance_run
+from runs.listing import RunListing
 from runs.models import AuditEntry, JournalEntry, Run
 from runs.moments import moment_text
 from runs.moves import start_run
 from runs.waits import WaitFor
 from tests.agents import CALLS, FAILS, SLOW, TEST
 from tests.conftest import PROJECT_DIR, messages_of, subprocess_env
+from tests.test_live_consumer import first_push
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -306,6 +309,21 @@ def test_a_loop_marks_the_repeated_steps_and_raising_its_limit_goes_on(client, o
     assert "repeated call" not in section(page(client, run), "steps")
 
 
+def test_the_live_page_unmarks_the_loop_once_its_limit_is_raised(client, operator):
+    run = advanced("r_calls", {"tool": "r_read", "times": 5})
+    client.force_login(operator)
+    html = page(client, run)
+    assert "repeated call" in section(html, "steps")
+    path = unescape(re.search(r'ws-connect="(/ws/runs/[^"]+)"', html).group(1))
+    said(client, f"/runs/{run.id}/budget/", {"limit_repeats": "10"})  # queued; its rows are the same
+
+    push = first_push(path, operator)
+
+    assert 'id="step-1"' in push and "repeated call</span>" not in push  # each step resent, unmarked
+    assert 'id="run-budget-form"' in push and 'id="run-retry"' in push  # the controls changed
+    assert "parked:" not in section(push, "run-header")
+
+
 # The runs list --------------------------------------------------------------------------------
 
 
@@ -340,10 +358,6 @@ def test_the_runs_list_filters_runs_parked_by_each_kind(client, viewer, jitter):
 
 
 def test_the_live_list_keeps_the_parked_filter():
-    from django.http import QueryDict
-
-    from runs.listing import RunListing
-
     budget = advanced("r_budgeted", {"tool": "r_read", "times": 5})
     plain = advanced("r_calls", {"tool": "r_read"})
     listing = RunListing.from_params(QueryDict("parked=budget"))
@@ -352,7 +366,7 @@ def test_the_live_list_keeps_the_parked_filter():
     assert listing.querystring() == "parked=budget"
 
 
-def test_a_run_waiting_to_retry_says_so_in_the_list(client, viewer):
+def test_a_run_waiting_to_retry_says_so_in_the_list(client, viewer, jitter):
     FAILS["r_read"] = 1
     run = advanced("r_calls", {"tool": "r_read"})
     client.force_login(viewer)

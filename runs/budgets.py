@@ -47,6 +47,14 @@ class Budget:
         return limits
 
 
+def limits_for(declared, overrides):
+    """The limits a run is held to: its agent's declared Budget (None: the defaults, for an agent
+    this process does not know) under the run's own limits (Run.budget: what its start said, as
+    raised by operators since). The recorder, the run page and the commands all read them here.
+    It takes the agent's Budget, not the run, because this module sits below runs.agents."""
+    return {**(declared or Budget()).as_limits(), **(overrides or {})}
+
+
 def checked_limits(values, owner):
     """Budget limits from untrusted input ({key: number or None}); InvalidBudget names the key."""
     if not isinstance(values, dict):

@@ -112,7 +112,9 @@ class RunListConsumer(LiveConsumer):
             # A shown run that left the filters, or a new run at the top: the table again.
             self.send_table()
             return
-        self.send(text_data=self.render("runs/list.html#counts", {"listing": self.listing, "counts": self.listing.counts()}))
+        self.send(text_data=self.render("runs/list.html#counts", {
+            "listing": self.listing, "counts": self.listing.counts(), "parked_counts": self.listing.parked_counts(),
+        }))
         if shown:
             # Its own message: a table row parses only where a table row may stand.
             self.send(text_data=self.render("runs/list.html#row", {"run": run}))
@@ -122,7 +124,7 @@ class RunListConsumer(LiveConsumer):
         self.shown = {str(run.id) for run in runs}
         self.send(text_data=self.render("runs/list.html#table", {
             "listing": self.listing, "runs": runs, "next_cursor": next_cursor,
-            "counts": self.listing.counts(),
+            "counts": self.listing.counts(), "parked_counts": self.listing.parked_counts(),
         }))
 
 
@@ -149,8 +151,9 @@ class RunConsumer(LiveConsumer):
     def changed(self, run_id):
         """Send what differs from what the page shows.
 
-        The sections are sent every time, but the controls and the in-doubt panel only when
-        they change, so a reason being typed is not wiped. New steps resend the whole list
+        The sections are sent every time, but the controls and the panels with forms (a step in
+        doubt, a step to retry, the budget) only when they change, so a reason being typed is
+        not wiped. New steps resend the whole list
         (htmx swaps it by id); a step whose shown state changed (a new row, or a status derived
         from the run's, such as "in doubt") is resent alone.
         """
@@ -170,6 +173,8 @@ class RunConsumer(LiveConsumer):
         if controls != self.shown_controls:
             parts.append(self.render("runs/detail.html#controls", context))
             parts.append(self.render("runs/detail.html#in_doubt", context))
+            parts.append(self.render("runs/detail.html#retry", context))
+            parts.append(self.render("runs/detail.html#budget_form", context))
             parts.append(self.render("runs/detail.html#rollback_stopped", context))
         if self.shown_steps is None or set(steps) - set(self.shown_steps):
             parts.append(self.render("runs/detail.html#step_list", context))

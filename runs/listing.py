@@ -15,7 +15,7 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce
 
 from runs.agents import AGENTS
-from runs.models import JournalEntry, Run, RunStatus
+from runs.models import JournalEntry, ParkedBy, Run, RunStatus
 
 PAGE_SIZE = 50
 # A failure group's runs with no failed tool step (the agent's own code raised): ?tool=(none).
@@ -44,6 +44,8 @@ WAITING_TOOL_SQL = """
 @dataclass
 class RunListing:
     status: str = ""
+    # What parked a run that needs attention (runs.models.ParkedBy): a budget, a loop, retries.
+    parked: str = ""
     agent: str = ""
     q: str = ""
     # A failure group (runs.metrics.failure_groups): the error's type, the tool that failed.
@@ -56,6 +58,7 @@ class RunListing:
     def from_params(cls, params):
         listing = cls(
             status=params.get("status", "").strip(),
+            parked=params.get("parked", "").strip(),
             agent=params.get("agent", "").strip(),
             q=params.get("q", "").strip()[:200],
             error_type=params.get("error_type", "").strip()[:200],
@@ -64,13 +67,16 @@ class RunListing:
         problems = []
         # The pages refuse a NUL with a 400 (runs/requests.py); a live socket's query string
         # reaches here directly: leave that filter out, and say so.
-        for name in ("status", "agent", "q", "error_type", "tool"):
+        for name in ("status", "parked", "agent", "q", "error_type", "tool"):
             if "\x00" in getattr(listing, name):
                 problems.append(f"the filter {name!r} holds a NUL character, so it is left out")
                 setattr(listing, name, "")
         if listing.status and listing.status not in RunStatus.values:
             problems.append(f"there is no status {listing.status!r}")
             listing.status = ""
+        if listing.parked and listing.parked not in ParkedBy.values:
+            problems.append(f"nothing parks a run by {listing.parked!r} (only {', '.join(ParkedBy.values)})")
+            listing.parked = ""
         cursor = params.get("after", "")
         if cursor:
             try:
@@ -96,6 +102,8 @@ class RunListing:
         runs = Run.objects.all()
         if with_status and self.status:
             runs = runs.filter(status=self.status)
+        if with_status and self.parked:
+            runs = runs.filter(parked_by=self.parked)
         if self.agent:
             runs = runs.filter(agent=self.agent)
         if self.q:
@@ -139,11 +147,22 @@ class RunListing:
         found = dict(self.filtered(with_status=False).values_list("status").annotate(n=Count("id")).order_by())
         return [(status, label, found.get(status, 0)) for status, label in RunStatus.choices]
 
+    def parked_counts(self):
+        """Runs parked by each kind of limit under the other filters, every kind listed."""
+        found = dict(self.filtered(with_status=False).exclude(parked_by="").values_list("parked_by")
+                     .annotate(n=Count("id")).order_by())
+        return [(kind, found.get(kind, 0)) for kind in ParkedBy.values]
+
     def querystring(self, **changes):
-        params = {"status": self.status, "agent": self.agent, "q": self.q,
+        params = {"status": self.status, "parked": self.parked, "agent": self.agent, "q": self.q,
                   "error_type": self.error_type, "tool": self.tool}
         params.update(changes)
         return urlencode({key: value for key, value in params.items() if value})
+
+    @property
+    def without_status(self):
+        """The query string less its status and parked filters: what the count links add to."""
+        return self.querystring(status="", parked="")
 
     @staticmethod
     def agents():

@@ -6,12 +6,14 @@ entry in the same transaction, in the name of the Actor it is given. A refusal r
 ActionRefused with a message that says why, and changes nothing.
 """
 
+import math
+
 from django.db import transaction
 from django.db.models import Max
 from pydantic import ValidationError
 
-from runs import budgets, moves, rollback
-from runs.agents import ROLLBACK_AGENT, InvalidInput, UnknownAgent, describe
+from runs import budgets, live, moves, rollback
+from runs.agents import AGENTS, ROLLBACK_AGENT, InvalidInput, UnknownAgent, describe
 from runs.models import AuditEntry, JournalEntry, ParkedBy, Requested, Run, RunStatus, WaitKind
 from runs.roles import role_needed
 from tools.registry import TOOLS
@@ -178,7 +180,9 @@ def raise_budget(run_id, limits, *, actor, reason=""):
         run = Run.objects.select_for_update().get(id=run_id)
         if run.is_finished:
             raise ActionRefused(f"run {run_id} has finished ({run.status}); its budget no longer matters")
-        before = dict(run.budget)
+        # A run started before budgets existed holds none of its own: its agent's defaults apply.
+        declared = AGENTS.get(run.agent)
+        before = budgets.limits_for(declared.budget if declared else None, run.budget)
         for key, limit in limits.items():
             old = before.get(key)
             if limit is not None and (old is None or limit < old):
@@ -192,7 +196,35 @@ def raise_budget(run_id, limits, *, actor, reason=""):
                           details={"before": before, "after": run.budget})
         if run.status == S.NEEDS_ATTENTION and run.parked_by in (ParkedBy.BUDGET, ParkedBy.LOOP):
             moves.move(run_id, S.QUEUED, actor=actor, reason=f"budget raised by {actor.name or actor.label}; going on")
+        else:
+            live.changed(run_id)  # no move to announce it: the run page shows the new limits
     return Run.objects.get(id=run_id)
+
+
+UNLIMITED = ("none", "unlimited")
+
+
+def limits_from_text(texts):
+    """Budget limits as a person types them ({"retries": "20", "cost_usd": "2.5",
+    "llm_tokens": "none"}), for raise_budget: the page's form and `manage.py raise_budget` read
+    them alike. ActionRefused names the budget whose figure is not one."""
+    limits = {}
+    for key, text in texts.items():
+        if key not in budgets.KEYS:
+            raise ActionRefused(f"there is no budget {key!r} (the budgets: {', '.join(budgets.KEYS)})")
+        text = text.strip().lower()
+        if text in UNLIMITED:
+            limits[key] = None
+            continue
+        try:
+            limit = float(text) if key == "cost_usd" else int(text)
+        except ValueError:
+            limit = math.nan
+        if not math.isfinite(limit):  # "inf" and "nan" parse, and JSON cannot hold them
+            kind = "a number" if key == "cost_usd" else "a whole number"
+            raise ActionRefused(f"budget {key} must be {kind}, or none for no limit, not {text!r}")
+        limits[key] = limit
+    return limits
 
 
 def available_actions(run):
@@ -418,13 +450,15 @@ def _start_fork(origin, seq, *, actor, reason, edited):
 START_PERMISSION = "runs.start_run"
 
 
-def start_run_by(agent_name, input, *, actor, idempotency_key=None):
+def start_run_by(agent_name, input, *, actor, idempotency_key=None, budget=None):
     """Start a run of an agent in a person's name (the start form, or a command that names a
     user), audited as `start_run`; returns the run. The same idempotency key with the same input
-    returns the run it started, audited once. ActionRefused says what is wrong: an unknown agent,
-    an input that does not fit the agent's model (each field named), a key already used."""
+    returns the run it started, audited once. `budget` overrides some of the agent's budget
+    limits ({name: limit or None}), and the audit entry records it. ActionRefused says what is
+    wrong: an unknown agent, an input that does not fit the agent's model (each field named), a
+    bad budget, a key already used."""
     return _start_audited(agent_name, input, actor=actor, idempotency_key=idempotency_key,
-                          action="start_run", details={})
+                          action="start_run", details={"budget": budget} if budget else {}, budget=budget)
 
 
 def run_again(run_id, *, actor, idempotency_key=None):
@@ -439,7 +473,7 @@ def run_again(run_id, *, actor, idempotency_key=None):
                           action="run_again", details={"rerun_of": str(run.id)})
 
 
-def _start_audited(agent_name, input, *, actor, idempotency_key, action, details):
+def _start_audited(agent_name, input, *, actor, idempotency_key, action, details, budget=None):
     if not (actor.user is not None and actor.user.has_perm(START_PERMISSION)):
         raise ActionRefused(f"{actor.label} may not start runs: that needs the {role_needed(START_PERMISSION)} role")
     if agent_name == ROLLBACK_AGENT:
@@ -447,7 +481,8 @@ def _start_audited(agent_name, input, *, actor, idempotency_key, action, details
         raise ActionRefused("the rollback agent starts only from a run's Roll back… page, where its plan is confirmed")
     try:
         with transaction.atomic():
-            run = moves.start_run(agent_name, input, started_by=actor, idempotency_key=idempotency_key)
+            run = moves.start_run(agent_name, input, started_by=actor, idempotency_key=idempotency_key,
+                                  budget=budget)
             # A key used again returns the run it started, whose start was audited then (or that
             # someone else started: this person started nothing).
             if run.started_by == actor.label and not run.audit.filter(action=action).exists():

@@ -15,8 +15,10 @@ urlpatterns = [
     path("runs/<uuid:run_id>/output.json", history.download_part, {"part": "output"}, name="output"),
     # Before the action pattern below, which "run-again" would match too.
     path("runs/<uuid:run_id>/run-again/", starting.run_again, name="run_again"),
+    path("runs/<uuid:run_id>/budget/", views.raise_budget, name="raise_budget"),
     path("runs/<uuid:run_id>/<slug:action>/", views.run_action, name="action"),
     path("runs/<uuid:run_id>/steps/<int:seq>/resolve/", views.resolve_step, name="resolve"),
+    path("runs/<uuid:run_id>/steps/<int:seq>/retry/", views.retry_step, name="retry_step"),
     path("audit/", views.audit_list, name="audit"),
     path("runs/<uuid:run_id>/fork/<int:seq>/", views.fork_run, name="fork"),
     path("workers/", operations.workers_page, name="workers"),

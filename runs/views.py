@@ -15,12 +15,13 @@ from django_htmx.http import HttpResponseClientRedirect
 from runs import services, storable
 from runs.actors import Actor
 from runs.listing import RunListing
-from runs.models import AuditEntry, JournalEntry, Run, RunStatus
+from runs.budgets import KEYS as BUDGET_KEYS
+from runs.models import AuditEntry, JournalEntry, ParkedBy, Run, RunStatus
 from runs.roles import permission_required, require_permission
 from runs.rollback import stopped_at
 from tools.models import FreezeState
 from runs.services import Resolution, RollbackResolution
-from runs.timeline import build_steps, waterfall
+from runs.timeline import build_steps, retry_panel, spending, waterfall
 from runs.requests import whole_number
 
 AUDIT_PAGE_SIZE = 100
@@ -39,7 +40,8 @@ def run_list(request: HttpRequest) -> HttpResponse:
     runs, next_cursor = listing.page()
     context = {
         "listing": listing, "runs": runs, "next_cursor": next_cursor, "counts": listing.counts(),
-        "statuses": RunStatus.choices, "agents": listing.agents(),
+        "parked_counts": listing.parked_counts(), "statuses": RunStatus.choices, "parked_kinds": ParkedBy.choices,
+        "agents": listing.agents(),
     }
     template = "runs/list.html#table" if request.htmx else "runs/list.html"
     return render(request, template, context)
@@ -59,11 +61,15 @@ def run_context(run: Run, *, user, first_seq=None, last_seq=None):
         first_seq = max(1, (last_seq if zoomed else step_count) - STEP_WINDOW + 1)
     last_seq = min(last_seq, first_seq + STEP_WINDOW - 1) if zoomed and last_seq >= first_seq else first_seq + STEP_WINDOW - 1
     rows = list(journal.filter(seq__gte=first_seq, seq__lte=last_seq).order_by("seq", "attempt", "id"))
-    attempts = journal.filter(phase=JournalEntry.Phase.INTENT).aggregate(
-        total=Count("id"), retried=Count("id", filter=Q(attempt__gt=1))
+    attempts = journal.aggregate(
+        total=Count("id", filter=Q(phase=JournalEntry.Phase.INTENT)),
+        retried=Count("id", filter=Q(phase=JournalEntry.Phase.INTENT, attempt__gt=1)),
+        failed=Count("id", filter=Q(phase=JournalEntry.Phase.OUTCOME, status=JournalEntry.Status.RETRY)),
     )
     approvals = list(run.approvals.all())
-    steps = build_steps(run, rows, [a for a in approvals if first_seq <= a.seq <= last_seq])
+    spent = spending(run)
+    repeated = spent.repeated if run.parked_by == ParkedBy.LOOP else ()
+    steps = build_steps(run, rows, [a for a in approvals if first_seq <= a.seq <= last_seq], repeated=repeated)
     in_doubt = next((step for step in steps if step.status == "in_doubt"), None)
     events = list(run.events.all())
     window = {
@@ -85,6 +91,8 @@ def run_context(run: Run, *, user, first_seq=None, last_seq=None):
         "children": _children_tree(run),
         **fork_context(run, user),
         "in_doubt": in_doubt,
+        "retry": retry_panel(run, step_count),
+        "spending": spent,
         "pending_approval": run.approvals.filter(status="pending").first(),
         "rollbacks": list(run.rollbacks.order_by("created_at")),
         "rollback_stopped": rollback_stopped(run),
@@ -99,14 +107,16 @@ def controls_state(context):
     """What the page's controls show: the consumer resends them only when this changes, so a
     reason being typed is not wiped."""
     stopped = context["rollback_stopped"]
+    retry = context["retry"]
     return (context["can"], getattr(context["in_doubt"], "seq", None),
-            (stopped.failed["run_id"], stopped.failed["seq"]) if stopped else None)
+            (stopped.failed["run_id"], stopped.failed["seq"]) if stopped else None,
+            retry.state if retry else None, context["spending"].limits)
 
 
 def steps_state(context):
-    """What the page shows of each step (seq -> status, attempts, rows): the consumer resends a
-    step only when its entry changes."""
-    return {step.seq: (step.status, step.attempts, len(step.rows)) for step in context["steps"]}
+    """What the page shows of each step (seq -> status, attempts, rows, marked as a loop's): the
+    consumer resends a step only when its entry changes."""
+    return {step.seq: (step.status, step.attempts, len(step.rows), step.repeated) for step in context["steps"]}
 
 
 def state_key(state):
@@ -375,3 +385,46 @@ def fork_run(request: HttpRequest, run_id, seq: int) -> HttpResponse:
         return _back_to(request, run)
     messages.success(request, f"Forked: this new run keeps steps 1-{seq} of run {run.id} and continues from step {seq + 1}.")
     return _back_to(request, fork)
+
+
+# Retries and budgets: "retry now" for a step waiting to be tried again (or out of attempts), and
+# raising a run's budget. Failing a step that ran out of attempts is resolve_step's "fail".
+
+
+@require_POST
+@permission_required("runs.resolve_step", raise_exception=True)
+def retry_step(request: HttpRequest, run_id, seq: int) -> HttpResponse:
+    run = _get_run(run_id)
+    try:
+        services.retry_step(run.id, seq, actor=Actor.for_user(request.user), reason=request.POST.get("reason", "").strip())
+    except services.ActionRefused as error:
+        messages.error(request, f"Not done: {error}.")
+    else:
+        if run.status == RunStatus.NEEDS_ATTENTION:
+            messages.success(request, f"Step {seq} gets a fresh round of attempts, starting now; the run is queued.")
+        else:
+            messages.success(request, f"Step {seq} is tried again now, without waiting; the run is queued.")
+    return _back_to(request, run)
+
+
+@require_POST
+@permission_required("runs.resume_run", raise_exception=True)
+def raise_budget(request: HttpRequest, run_id) -> HttpResponse:
+    """The form's figures, one per budget: blank leaves it, "unlimited" ticked lifts it."""
+    run = _get_run(run_id)
+    unlimited = set(request.POST.getlist("unlimited"))
+    texts = {key: "none" if key in unlimited else request.POST.get(f"limit_{key}", "").strip() for key in BUDGET_KEYS}
+    try:
+        limits = services.limits_from_text({key: text for key, text in texts.items() if text})
+        raised = services.raise_budget(run.id, limits, actor=Actor.for_user(request.user),
+                                       reason=request.POST.get("reason", "").strip())
+    except services.ActionRefused as error:
+        messages.error(request, f"Not done: {error}.")
+        return _back_to(request, run)
+    shown = ", ".join(f"{key} {'unlimited' if limit is None else limit}" for key, limit in limits.items())
+    if run.parked_by in (ParkedBy.BUDGET, ParkedBy.LOOP) and raised.status == RunStatus.QUEUED:
+        messages.success(request, f"Budget raised ({shown}); the run was parked by its {run.parked_by} and goes on now.")
+    else:
+        messages.success(request, f"Budget raised ({shown}); the run keeps to the new limits from its next advance "
+                                  "(a running one finishes this one under the old).")
+    return _back_to(request, run)

@@ -9,13 +9,16 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.models import Group, User
+from django.utils import timezone
 
+from runs import retries
 from runs.processes import (  # noqa: F401  (some are imported by the tests from here)
     CHROMIUM, CHROMIUM_FLAGS, children, free_port, kill_worker, project_env, signal_quietly,
     start_manage, wait_for_port,
@@ -144,6 +147,29 @@ def forget_breakers():
         redis_connection().delete(*keys)
     for link in breakers._links.values():
         link.forget()
+
+
+@pytest.fixture
+def jitter(monkeypatch):
+    """The backoff's random share (runs/retries.py), fixed (by default at 0.75 of the ceiling)."""
+    share = {"value": 0.75}
+    monkeypatch.setattr(retries, "_share", lambda text: share["value"])
+    return share
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A clock that moves only when the test says so (django.utils.timezone.now, which the
+    recorder and the waits read)."""
+    class Clock:
+        now = timezone.now()
+
+        def advance(self, seconds):
+            self.now += timedelta(seconds=seconds)
+
+    controlled = Clock()
+    monkeypatch.setattr(timezone, "now", lambda: controlled.now)
+    return controlled
 
 
 def empty_run_queue():

@@ -1,14 +1,14 @@
 """Retries, timeouts, budgets and loops, in this process against the real database.
 
 Time is controlled: `clock` moves django.utils.timezone.now (which the recorder and the waits
-read) and `jitter` fixes the backoff's random share, so every delay is known in advance.
+read) and `jitter` fixes the backoff's random share, so every delay is known in advance (both
+fixtures are in tests/conftest.py).
 """
 
 import time
 from datetime import timedelta
 
 import pytest
-from django.utils import timezone
 
 from runs import retries
 from runs.actors import Actor
@@ -22,29 +22,6 @@ from tools.registry import tool
 
 pytestmark = pytest.mark.django_db(transaction=True)
 OPERATOR = Actor("user", "olga")
-
-
-@pytest.fixture
-def jitter(monkeypatch):
-    """The backoff's random share, fixed (by default at 0.75 of the ceiling)."""
-    share = {"value": 0.75}
-    monkeypatch.setattr(retries, "_share", lambda text: share["value"])
-    return share
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    """A clock that moves only when the test says so."""
-
-    class Clock:
-        now = timezone.now()
-
-        def advance(self, seconds):
-            self.now += timedelta(seconds=seconds)
-
-    controlled = Clock()
-    monkeypatch.setattr(timezone, "now", lambda: controlled.now)
-    return controlled
 
 
 def start(agent, input, **kwargs):

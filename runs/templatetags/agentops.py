@@ -11,6 +11,7 @@ from runs.actors import Actor
 from runs.models import heartbeat_seconds
 from runs.moments import moment_text
 from runs.roles import role_of
+from runs.timeline import readable_seconds
 
 register = template.Library()
 
@@ -132,3 +133,24 @@ def duration(value):
 @register.filter
 def status_word(status):
     return (status or "").replace("_", " ")
+
+
+@register.filter
+def moment(value):
+    """The absolute time, where a page shows it beside the relative one (a retry's due time)."""
+    return moment_text(value) if value is not None else "—"
+
+
+@register.filter
+def seconds(value):
+    """Seconds as people read them: 250 ms, 1.5 s, 2 min."""
+    return readable_seconds(value or 0)
+
+
+# What parked a run, as its chip says (runs.models.ParkedBy).
+PARKED = {"budget": "over budget", "loop": "loop", "retries": "out of retries"}
+
+
+@register.filter
+def parked_word(parked_by):
+    return PARKED.get(parked_by, parked_by)

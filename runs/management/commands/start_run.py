@@ -1,7 +1,7 @@
 """Start a run of an agent, in the name of a user who may start runs; with --wait, follow it.
 
     python manage.py start_run AGENT [--input JSON | --input-file PATH (- for stdin)] [--user NAME]
-                               [--idempotency-key KEY]
+                               [--idempotency-key KEY] [--budget JSON]
                                [--wait [--timeout SECONDS]]
 
 With --wait it prints each change of the run (its status, and each step as it is journaled),
@@ -46,16 +46,19 @@ class Command(BaseCommand):
         given.add_argument("--input-file", default=None, metavar="PATH",
                            help="read the input from a JSON file (- for standard input): for large inputs")
         parser.add_argument("--idempotency-key", help="starting the same key again returns the same run")
+        parser.add_argument("--budget", default=None, metavar="JSON",
+                            help="""limits over the agent's own, as JSON: '{"retries": 5, "llm_tokens": null}' (null: no limit)""")
         parser.add_argument("--wait", action="store_true", help="follow the run until it settles or a person must act")
         parser.add_argument("--timeout", type=float, default=300, help="seconds to wait, with --wait")
 
-    def handle(self, *args, username, agent, input, input_file, idempotency_key, wait, timeout, **options):
+    def handle(self, *args, username, agent, input, input_file, idempotency_key, budget, wait, timeout, **options):
         source, text = ("--input", input or "{}") if input_file is None else (input_file, self.read(input_file))
         data = json_option(text, source)
+        budget = None if budget is None else json_option(budget, "--budget")
         actor = operator(username, "runs.start_run", "start runs")
         try:
             # The service the start form uses: the same checks, audited in the user's name.
-            run = services.start_run_by(agent, data, actor=actor, idempotency_key=idempotency_key)
+            run = services.start_run_by(agent, data, actor=actor, idempotency_key=idempotency_key, budget=budget)
         except services.ActionRefused as error:
             raise CommandError(str(error)) from None
         self.stdout.write(f"run {run.id} {run.status}")

@@ -115,7 +115,7 @@ def start_run(agent_name, input, *, started_by, idempotency_key=None, parent_id=
     """
     agent = get_agent(agent_name)
     try:
-        limits = {**agent.budget.as_limits(), **budgets.checked_limits(budget or {}, "this start")}
+        limits = budgets.limits_for(agent.budget, budgets.checked_limits(budget or {}, "this start"))
     except budgets.InvalidBudget as error:
         raise InvalidInput(str(error)) from None
     _check_input_limits(input)

@@ -60,7 +60,7 @@ from pydantic_core import to_jsonable_python
 
 from runs import live
 from runs.agents import AGENTS
-from runs.budgets import Budget, Counter, exceeded
+from runs.budgets import Counter, exceeded, limits_for
 from runs.models import JournalEntry, ParkedBy
 from runs.retries import (
     FAIL, IN_DOUBT, SLEEP_IN_WORKER_UP_TO_SECONDS, CallTimedOut, RetryPolicy, call_with_timeout, decide,
@@ -371,7 +371,7 @@ class Recorder:
         self.tool_calls = defaultdict(int)  # tool name -> its steps so far in this run, for caps
         declared = AGENTS.get(agent)
         # The limits the run started with (Run.budget), over its agent's defaults today.
-        self.limits = {**(declared.budget if declared else Budget()).as_limits(), **(lease.budget or {})}
+        self.limits = limits_for(declared.budget if declared else None, lease.budget)
         self.on_limit = declared.on_limit if declared else "park"
         self.spending = Counter()
         for step_rows in journal.values():

@@ -111,3 +111,13 @@ def test_with_the_demo_on_a_command_that_needs_it_goes_on():
     assert result.stderr.strip() == (
         "CommandError: --steps and --rounds must be at least 1, --throughput-runs at least 0"
     )
+
+
+def test_bench_pages_seeds_and_measures_every_page_at_a_small_size():
+    """Its seeding is raw SQL: a column added to runs without a database default broke it
+    (finished_steps_at_loss) without any test noticing."""
+    result = run_python(["manage.py", "bench_pages", "--runs", "100", "--journal-rows", "200",
+                         "--big-run-steps", "20", "--samples", "1"], DEMO="1")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("bench_pages: list_p95_ms="), result.stdout

@@ -46,6 +46,7 @@ an intent is not written while one is pending, so a paused run never leaves a st
 
 import hashlib
 import json
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -71,6 +72,7 @@ from tools import breakers
 from tools.policy import Go, Hold, Mismatch, Policy, Refuse
 from tools.registry import TOOLS, ContractViolation, Reconciled
 
+log = logging.getLogger(__name__)
 INTENT, OUTCOME = JournalEntry.Phase.INTENT, JournalEntry.Phase.OUTCOME
 SUCCEEDED, FAILED, ABANDONED, RETRY = (
     JournalEntry.Status.SUCCEEDED,
@@ -199,6 +201,21 @@ class Step:
 @dataclass(frozen=True)
 class Called:
     result: Any
+
+
+def _after_interruption():
+    """A call stopped by its timeout may have been stopped in the middle of a database command
+    on this process's connection (the journal's too): a connection not at rest is closed, and
+    the next journal write opens a fresh one."""
+    raw = connection.connection
+    if raw is None:
+        return
+    try:
+        at_rest = raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    except Exception:
+        at_rest = False
+    if not at_rest and not connection.in_atomic_block:
+        connection.close()
 
 
 def _short(text, limit=120):
@@ -406,11 +423,13 @@ class Recorder:
             raise EndOfJournal(self.seq)
         if step.guarded:
             step = self._rerun_as_approved(step, last)
+        # An operator's "retry now" for the attempt after this one (runs.services.retry_step).
+        granted = self.lease.retry_grant == (self.seq, last.attempt)
         if last.phase == OUTCOME and last.status == RETRY:
-            return self._after_failed_attempt(step, rows, last)
+            return self._after_failed_attempt(step, last, granted)
         if last.phase == OUTCOME:  # abandoned by an operator: run it again
-            return self._attempt(step, attempt=last.attempt + 1)
-        return self._recover_in_doubt(step, last)
+            return self._attempt(step, attempt=last.attempt + 1, granted=granted)
+        return self._recover_in_doubt(step, last, granted)
 
     def _check_same_step(self, step, recorded):
         if (recorded.kind, recorded.name, recorded.args_hash) != (step.kind, step.name, step.args_hash):
@@ -481,9 +500,9 @@ class Recorder:
             raise FailRun(error)
         raise ToolError(refusal.type, refusal.message, refusal.details)
 
-    def _recover_in_doubt(self, step, intent):
+    def _recover_in_doubt(self, step, intent, granted=False):
         if step.idempotent:
-            return self._attempt(step, attempt=intent.attempt + 1)
+            return self._attempt(step, attempt=intent.attempt + 1, granted=granted)
         if step.reconcile is not None:
             try:
                 found = step.reconcile(self._key())
@@ -500,7 +519,7 @@ class Recorder:
                             actor_note="reconciled")
                 return result
             if isinstance(found, Reconciled):
-                return self._attempt(step, attempt=intent.attempt + 1)
+                return self._attempt(step, attempt=intent.attempt + 1, granted=granted)
         raise NeedsAttention(
             f"step {self.seq} ({step.effect} {step.name!r}) is in doubt: its intent was recorded "
             "and its worker stopped before recording the outcome, so it may or may not have "
@@ -536,6 +555,9 @@ class Recorder:
             message = visible(str(error))
             self._write(step, attempt, OUTCOME, status=FAILED, error={"type": "contract", "message": message})
             raise ToolError("contract", message) from None
+        except CallTimedOut as error:
+            _after_interruption()
+            return self._failed(step, attempt, error, probe)
         except Exception as error:
             return self._failed(step, attempt, error, probe)
         self._breaker_heard(step, failed=False, probe=probe)
@@ -554,14 +576,7 @@ class Recorder:
             failure["transient"] = policy.is_transient(error)
             self._breaker_heard(step, failed=failure["transient"], probe=probe)
         if verdict == IN_DOUBT:
-            # The intent stays without an outcome: the call may have happened, and only a person
-            # (or the tool's reconcile hook, at the next advance) can say.
-            raise NeedsAttention(
-                f"step {self.seq} ({step.effect} {step.name!r}) is in doubt: {failure['message']}. "
-                "It cannot dedupe, so it is not called again. Decide: it happened (give its result), "
-                "run it again, or fail it.",
-                self.seq,
-            )
+            return self._failed_in_doubt(step, attempt, failure)
         if verdict == FAIL:
             self._write(step, attempt, OUTCOME, status=FAILED, error=failure)
             raise ToolError(failure["type"], failure["message"], _details(failure))
@@ -581,6 +596,30 @@ class Recorder:
         time.sleep(delay)
         return None
 
+    def _failed_in_doubt(self, step, attempt, failure):
+        """A write that cannot dedupe failed on the way: it may have happened. Its intent stays
+        without an outcome (in doubt, as after a crash) and it is never called again on its own.
+        Its reconcile hook, if it has one, may say that it happened; otherwise a person decides."""
+        found = None
+        if step.reconcile is not None:
+            try:
+                found = step.reconcile(self._key())
+            except Exception:
+                log.warning("run %s step %s: reconcile hook failed after %s", self.run_id, self.seq,
+                            failure["type"], exc_info=True)
+        if isinstance(found, Reconciled) and found.happened:
+            result = as_json(found.result)
+            self._write(step, attempt, OUTCOME, status=SUCCEEDED, result=result, actor_note="reconciled")
+            return Called(result)
+        hook = " (its reconcile hook could not tell that it did)" if step.reconcile is not None else ""
+        raise NeedsAttention(
+            f"step {self.seq} ({step.effect} {step.name!r}) is in doubt: attempt {attempt} failed on the "
+            f"way ({failure['type']}: {failure['message']}), so the call may have happened{hook}. It "
+            "cannot dedupe, so it is not called again. Decide: it happened (give its result), run it "
+            "again, or fail it.",
+            self.seq,
+        )
+
     def _out_of_attempts(self, step, attempt, failure, policy):
         message = (f"gave up after {failure['attempts']} attempts (the most its retry policy allows): "
                    f"{failure['type']}: {failure['message']}")
@@ -593,10 +632,9 @@ class Recorder:
         raise self._parked(ParkedBy.RETRIES, f"step {self.seq} ({step.kind} {step.name!r}) {message}. "
                            "Retry it now, or fail it.")
 
-    def _after_failed_attempt(self, step, rows, last):
+    def _after_failed_attempt(self, step, last, granted):
         """The step's last attempt failed: wait out its backoff, park if its attempts ran out,
         or try again. An operator's "retry now" (the lease's retry_grant) skips both."""
-        granted = self.lease.retry_grant == (self.seq, last.attempt)
         error = last.error or {}
         if not granted and error.get("exhausted"):
             raise self._parked(ParkedBy.RETRIES, f"step {self.seq} ({step.kind} {step.name!r}) gave up after "

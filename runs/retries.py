@@ -29,6 +29,10 @@ from dataclasses import dataclass, field, replace
 # Transient failures back off in the worker when the delay is this short; a longer delay is a
 # scheduled wake-up (a wait of kind retry) and the worker takes other runs meanwhile.
 SLEEP_IN_WORKER_UP_TO_SECONDS = 1.0
+# The longest timeout a policy may declare: a call must end well within the RQ job that makes it
+# (runs.queue.JOB_TIMEOUT_SECONDS, an hour). And the longest delay between two attempts.
+LONGEST_TIMEOUT_SECONDS = 3000
+LONGEST_DELAY_SECONDS = 86400
 
 
 class TransientError(Exception):
@@ -44,8 +48,11 @@ class PermanentError(Exception):
     """Raised by a tool: the call failed and the same call will fail again; never retried."""
 
 
-class CallTimedOut(TimeoutError):
-    """The call outlived its policy's timeout and was stopped."""
+class CallTimedOut(BaseException):
+    """The call outlived its policy's timeout and was stopped.
+
+    A BaseException, so that the tool's own client cannot take it for one of its timeouts
+    (TimeoutError is socket.timeout, which HTTP clients catch, retry and wrap) and carry on."""
 
 
 class InvalidRetryPolicy(ValueError):
@@ -79,11 +86,12 @@ class RetryPolicy:
         for name in ("base_delay", "max_delay"):
             value = getattr(self, name)
             if not _number(value) or value < 0:
-                problems.append(f"{name} must be a number of seconds, 0 or more, not {value!r}")
+                problems.append(f"{name} must be a number of seconds from 0 to {LONGEST_DELAY_SECONDS}, not {value!r}")
         if _number(self.base_delay) and _number(self.max_delay) and self.max_delay < self.base_delay:
             problems.append(f"max_delay ({self.max_delay!r}) must not be below base_delay ({self.base_delay!r})")
-        if self.timeout is not None and (not _number(self.timeout) or self.timeout <= 0):
-            problems.append(f"timeout must be a number of seconds above 0, or None, not {self.timeout!r}")
+        if self.timeout is not None and (not _number(self.timeout, LONGEST_TIMEOUT_SECONDS) or self.timeout <= 0):
+            problems.append(f"timeout must be a number of seconds above 0 and at most {LONGEST_TIMEOUT_SECONDS}, "
+                            f"or None, not {self.timeout!r}")
         transient = self.transient if isinstance(self.transient, tuple) else (self.transient,)
         if not all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in transient):
             problems.append(f"transient must be a tuple of exception classes, not {self.transient!r}")
@@ -98,11 +106,14 @@ class RetryPolicy:
         return round(ceiling * _share(f"{key}:{attempt}"), 3)
 
     def is_transient(self, error):
+        if isinstance(error, CallTimedOut):
+            return True
         return isinstance(error, TRANSIENT + self.transient) and not isinstance(error, PermanentError)
 
 
-def _number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+def _number(value, longest=LONGEST_DELAY_SECONDS):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+            and abs(value) <= longest)
 
 
 def _share(text):
@@ -127,12 +138,13 @@ def decide(policy, error, *, repeatable):
 
     `repeatable`: a second call cannot do harm (a read, an LLM call, an idempotent write).
     """
-    if not policy.is_transient(error):
+    if not (isinstance(error, CallTimedOut) or policy.is_transient(error)):
         return FAIL
     if repeatable or isinstance(error, NOT_MADE):
         return RETRY
-    # A write that cannot dedupe and failed in a way that does not prove it never happened.
-    return IN_DOUBT if isinstance(error, TimeoutError) else FAIL
+    # A write that cannot dedupe, which failed on the way (a timeout, a connection lost) without
+    # proof that it never reached the far side: it may have happened.
+    return IN_DOUBT
 
 
 # Timeouts -------------------------------------------------------------------------------------
@@ -155,24 +167,44 @@ def call_with_timeout(fn, seconds):
 
 
 def _with_alarm(fn, seconds):
-    state = {"armed": True}
+    """The timer fires at the limit and again every half second until the call gives up: a
+    client that swallows one interruption meets the next. Whatever the call returns or raises
+    after the limit is thrown away: it timed out."""
+    state = {"fired": False, "done": False}
+    started = time.monotonic()
+    previous_handler = signal.getsignal(signal.SIGALRM)
+    previous_delay, previous_interval = signal.getitimer(signal.ITIMER_REAL)
+    # RQ's job timeout, if it comes first, stays RQ's: its handler runs at its time.
+    rq_first = bool(previous_delay) and previous_delay <= seconds
 
     def alarm(signum, frame):
-        if state["armed"]:
-            raise CallTimedOut(f"the call took longer than its timeout of {seconds:g} s and was stopped")
+        if state["done"]:
+            return
+        if rq_first and callable(previous_handler):
+            return previous_handler(signum, frame)
+        state["fired"] = True
+        raise CallTimedOut(f"the call took longer than its timeout of {seconds:g} s and was stopped")
 
-    started = time.monotonic()
-    previous_handler = signal.signal(signal.SIGALRM, alarm)
-    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        result = fn()
-        state["armed"] = False
+        signal.signal(signal.SIGALRM, alarm)
+        signal.setitimer(signal.ITIMER_REAL, previous_delay if rq_first else seconds, 0.5)
+        try:
+            result = fn()
+        except CallTimedOut:
+            raise
+        except BaseException as error:
+            if state["fired"]:
+                raise CallTimedOut(f"the call took longer than its timeout of {seconds:g} s and was stopped "
+                                   f"(it then raised {type(error).__name__})") from error
+            raise
+        if state["fired"]:
+            raise CallTimedOut(f"the call took longer than its timeout of {seconds:g} s and was stopped")
         return result
     finally:
-        state["armed"] = False
+        state["done"] = True
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous_handler)
-        if previous_delay:
+        if previous_delay and not rq_first:
             left = previous_delay - (time.monotonic() - started)
             signal.setitimer(signal.ITIMER_REAL, max(left, 0.001), previous_interval)
 

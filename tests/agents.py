@@ -771,3 +771,41 @@ def r_hang(args: Value) -> dict:
     if first:
         time.sleep(60)
     return {"read": args.value}
+
+
+@tool(effect="read", retry=RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01, timeout=0.5))
+def r_stubborn(args: Value) -> dict:
+    """A client that takes a timeout for its own and tries again, as HTTP clients do."""
+    _called("r_stubborn")
+    if CALLS["r_stubborn"] == 1:
+        for _ in range(20):
+            try:
+                time.sleep(1)
+            except TimeoutError:
+                continue
+    return {"read": args.value}
+
+
+@tool(effect="read", retry=RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01, timeout=0.5))
+def r_slow_query(args: Value) -> dict:
+    """A database query that outlives its timeout, on the connection the journal uses too."""
+    from django.db import connection
+
+    _called("r_slow_query")
+    if CALLS["r_slow_query"] == 1:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(5)")
+    return {"read": args.value}
+
+
+def _sent_anyway(args, idempotency_key):
+    return Reconciled(happened=True, result={"sent": args.value, "reconciled": True})
+
+
+@tool(effect="write", compensation=UNDO, reconcile=_sent_anyway,
+      retry=RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.01, timeout=0.5))
+def r_reconciled(args: Value, *, idempotency_key: str) -> dict:
+    """A write that cannot dedupe, whose far side can say whether key K arrived."""
+    _called("r_reconciled", idempotency_key)
+    time.sleep(5)
+    return {"sent": args.value}

@@ -168,10 +168,18 @@ def test_a_write_that_cannot_dedupe_is_retried_only_when_the_call_was_not_made()
     run = advance(start("r_calls", {"tool": "r_plain"}))
     assert run.status == "succeeded" and CALLS["r_plain"] == 2
 
+    # A transient error that does not prove the call was not made: it may have happened.
     FAILS["r_plain"] = 1
-    FAILURE["r_plain"] = retries.TransientError
+    FAILURE["r_plain"] = ConnectionResetError
     run = advance(start("r_adapts", {"tool": "r_plain"}))
-    assert run.output.startswith("adapted: TransientError") and CALLS["r_plain"] == 3
+    assert (run.status, JournalEntry.in_doubt(run.id).seq) == ("needs_attention", 1)
+    assert "may have happened" in run.status_reason and CALLS["r_plain"] == 3
+
+    # An error that is not transient fails the step, and the agent sees it.
+    FAILS["r_plain"] = 1
+    FAILURE["r_plain"] = ValueError
+    run = advance(start("r_adapts", {"tool": "r_plain"}))
+    assert run.output.startswith("adapted: ValueError") and CALLS["r_plain"] == 4
 
 
 def test_an_idempotent_write_keeps_its_key_through_its_retries(jitter):
@@ -268,7 +276,9 @@ def test_a_loop_parks_the_run_and_names_the_repeated_steps():
 
 @pytest.mark.parametrize("setting, value, named", [
     ("max_attempts", 0, "max_attempts must be a whole number of at least 1, not 0"),
-    ("base_delay", -1, "base_delay must be a number of seconds, 0 or more, not -1"),
+    ("base_delay", -1, "base_delay must be a number of seconds from 0 to 86400, not -1"),
+    ("base_delay", float("inf"), "base_delay must be a number of seconds from 0 to 86400, not inf"),
+    ("timeout", 1e12, "timeout must be a number of seconds above 0 and at most 3000"),
     ("max_delay", -0.5, "max_delay must be a number of seconds"),
     ("timeout", 0, "timeout must be a number of seconds above 0"),
 ])
@@ -278,3 +288,45 @@ def test_bad_retry_settings_are_refused_at_registration(setting, value, named):
         def r_badly_tuned(args: Value) -> dict:
             return {}
     assert "tool 'r_badly_tuned'" in str(refused.value) and named in str(refused.value)
+
+
+def test_a_client_that_swallows_timeouts_is_still_stopped_at_the_limit(jitter):
+    run = advance(start("r_calls", {"tool": "r_stubborn"}))
+    assert run.status == "succeeded"
+    first, second = attempts(run)
+    assert (first.status, first.error["type"]) == ("retry", "timeout")
+    assert CALLS["r_stubborn"] == 2
+
+
+def test_a_timeout_inside_a_database_query_is_recorded_and_the_run_goes_on(jitter):
+    run = advance(start("r_calls", {"tool": "r_slow_query"}))
+    assert run.status == "succeeded"
+    first, second = attempts(run)
+    assert (first.status, first.error["type"], second.status) == ("retry", "timeout", "succeeded")
+
+
+def test_a_timed_out_write_that_cannot_dedupe_asks_its_reconcile_hook_and_is_not_called_again():
+    run = advance(start("r_calls", {"tool": "r_reconciled"}))
+    assert run.status == "succeeded"
+    assert run.output == [{"sent": 1, "reconciled": True}]
+    assert CALLS["r_reconciled"] == 1
+    [outcome] = attempts(run)
+    assert outcome.actor.endswith("(reconciled)")
+
+
+def test_retry_now_holds_for_a_step_run_again_after_it_was_in_doubt():
+    from tools import breakers
+
+    SLOW["r_plain"] = 30
+    run = advance(start("r_calls", {"tool": "r_plain"}))
+    assert JournalEntry.in_doubt(run.id) is not None
+    for _ in range(30):  # the tool's breaker opens
+        breakers.record("r_plain", failed=True)
+    resolve_step(run.id, 1, Resolution.RUN_AGAIN, actor=OPERATOR, reason="the far side has no such send")
+    run = advance(Run.objects.get(id=run.id))
+    assert (run.status, run.wait_kind, run.wait_ref) == ("waiting", "retry", "1")
+    assert "breaker" in run.status_reason
+
+    retry_step(run.id, 1, actor=OPERATOR, reason="I checked it by hand")
+    run = advance(Run.objects.get(id=run.id))
+    assert run.status == "succeeded" and CALLS["r_plain"] == 2

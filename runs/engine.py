@@ -27,6 +27,7 @@ from runs.recorder import (
 )
 from runs.storable import unstorable, visible
 from runs.workers import end_of_job, stopping
+from tools import breakers
 
 S = RunStatus
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ def advance_run(run_id):
         with Heartbeat(lease):
             return execute(lease)
     finally:
+        # The successes its breakers held back go before a work horse ends (tools.breakers).
+        breakers.flush()
         # A work horse publishes what it changed and closes its connections; a no-fork
         # worker keeps them for its next job (runs.workers).
         end_of_job()

@@ -392,3 +392,17 @@ def test_a_bad_breaker_setting_is_refused_by_name(name, value, message):
 
     assert result.returncode != 0
     assert message in last_line(result)
+
+
+def test_successes_held_back_are_sent_at_the_end_of_a_job(tool_name):
+    """A healthy tool's successes go to Redis in batches; what a process still holds when its
+    job ends (a forked work horse ends with it) is sent then, so no success is lost."""
+    for _ in range(10):
+        breakers.record(tool_name, failed=False)
+    assert breakers.states([tool_name])[tool_name].calls < 10  # held back
+
+    breakers.flush()
+    assert breakers.states([tool_name])[tool_name].calls == 10
+    breakers.record(tool_name, failed=True)
+    state = breakers.states([tool_name])[tool_name]
+    assert (state.state, state.calls, state.failed) == ("closed", 11, 1)

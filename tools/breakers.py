@@ -18,9 +18,9 @@ the journal fallback and the tests (a controlled `clock`) use the same one.
 A healthy tool's calls cost no round trip to Redis (the journal's hot path): a process that
 found a tool's breaker closed remembers it for FRESH_SECONDS, unless it saw one of the tool's
 calls fail within the window, and sends the successes it records in a batch at most
-FRESH_SECONDS late (at once with a failure). A failure is reported at once. So a breaker opened
-by another process is seen at most FRESH_SECONDS late by a process whose own calls succeed, and
-at once by one whose calls fail.
+FRESH_SECONDS late (at once with a failure, and at the end of every job: `flush`). A failure is
+reported at once. So a breaker opened by another process is seen at most FRESH_SECONDS late by a
+process whose own calls succeed, and at once by one whose calls fail.
 
 Redis down: `check` and `record` never raise and never wait long (half-second socket timeouts,
 no retries). `check` then counts the journal's own outcome rows of the tool in the window (the
@@ -343,14 +343,45 @@ def record(tool_name: str, *, failed: bool, probe: bool = False) -> None:
             link.closed_at.pop(keys[0], None)
 
 
+def flush() -> None:
+    """Send the successes this process holds back (record), in one round trip. Called at the end
+    of every job (runs.engine.advance_run): a forked work horse ends with its job, and a worker
+    may not call the same tool again for a long while. Never raises."""
+    link = _link()
+    if not link.pending or not link.usable:
+        link.pending.clear()
+        return
+    window, min_calls, percent, cooldown = _config()
+    now, moment = _ms(clock()), time.monotonic()
+    held = list(link.pending.items())
+    link.pending.clear()
+    try:
+        pipe = link.client.pipeline(transaction=False)
+        for state_key, count in held:
+            base = state_key.removesuffix(":state")
+            link.record(keys=[state_key, f"{base}:calls", f"{base}:fails"], args=[
+                now, 0, 0, uuid.uuid4().hex, _ms(window), min_calls, percent, _ms(cooldown),
+                _state_ttl_ms(window, cooldown), count - 1,
+            ], client=pipe)
+        pipe.execute()
+    except redis.RedisError as error:
+        link.failed(error)
+    else:
+        link.answered()
+        for state_key, _ in held:
+            link.sent_at[state_key] = moment
+
+
 def states(tool_names) -> dict[str, BreakerState]:
     """Each tool's breaker, read in one round trip; state "unknown" for all when Redis does
-    not answer."""
+    not answer (or did not, a moment ago: the page does not wait for it each time)."""
     tool_names = list(tool_names)
     window, _, _, _ = _config()
     now = _ms(clock())
     since = now - _ms(window)
     link = _link()
+    if not link.usable:
+        return {name: BreakerState(UNKNOWN, window_seconds=window) for name in tool_names}
     try:
         pipe = link.client.pipeline(transaction=True)
         for name in tool_names:

@@ -778,6 +778,8 @@ class Recorder:
 
     def sleep(self, seconds):
         self.seq += 1
+        # A call repeated after a sleep is a poll, not a loop.
+        self.tool_trail, self._trail_call = [], None
         step = Step(kind=K.SLEEP, name="", args={"seconds": seconds}, call=None, writes_intent=True)
         rows = self.journal.get(self.seq)
         if rows:

@@ -132,7 +132,22 @@ def _writes_of(run, since):
         elif last.status == JournalEntry.Status.SUCCEEDED:
             args = intent.args if intent is not None else last.args
             found.append((last.created_at, str(run.id), seq, _undo(run, seq, last, args)))
+        elif _may_have_acted(step_rows):
+            # Its attempts failed, but one failed on the way (a timeout, an answer lost): the
+            # write may have taken effect, and nothing says so. Undoing it blindly could undo
+            # what never happened, so a person checks it and acknowledges it, as for an
+            # irreversible step.
+            step = PlanStep(str(run.id), seq, last.name, last.effect, IRREVERSIBLE,
+                            why="may have happened: its attempts failed on the way, so the rollback cannot "
+                                "tell whether it took effect and does not undo it; check it by hand")
+            found.append((last.created_at, str(run.id), seq, step))
     return found
+
+
+def _may_have_acted(step_rows):
+    """Whether a write whose last attempt did not succeed made a call that failed on the way."""
+    return any(row.phase == JournalEntry.Phase.OUTCOME and (row.error or {}).get("transient")
+               and not (row.error or {}).get("not_called") for row in step_rows)
 
 
 def _undo(run, seq, outcome, args):

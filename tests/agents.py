@@ -809,3 +809,12 @@ def r_reconciled(args: Value, *, idempotency_key: str) -> dict:
     _called("r_reconciled", idempotency_key)
     time.sleep(5)
     return {"sent": args.value}
+
+
+@agent("r_poller")
+def r_poller(ctx, request: Step) -> int:
+    """Polls a read, sleeping in between: a poll, not a loop."""
+    for _ in range(request.times):
+        ctx.tool(request.tool, value=request.value)
+        ctx.sleep(0)
+    return request.times

@@ -330,3 +330,23 @@ def test_retry_now_holds_for_a_step_run_again_after_it_was_in_doubt():
     retry_step(run.id, 1, actor=OPERATOR, reason="I checked it by hand")
     run = advance(Run.objects.get(id=run.id))
     assert run.status == "succeeded" and CALLS["r_plain"] == 2
+
+
+def test_a_write_whose_attempts_failed_on_the_way_is_in_the_rollback_plan_as_maybe_done(jitter):
+    """Its answer may have been lost after it acted: the plan does not undo it blindly, nor
+    leave it out; a person checks it."""
+    from runs.services import rollback_plan
+
+    jitter["value"] = 0.001
+    FAILS["r_idem"] = 10
+    run = advance(start("r_calls", {"tool": "r_idem"}))
+    assert run.parked_by == "retries"
+
+    [step] = rollback_plan(Run.objects.get(id=run.id)).steps
+    assert (step.seq, step.action) == (1, "irreversible")
+    assert step.why.startswith("may have happened")
+
+
+def test_a_poll_with_sleeps_in_between_is_not_a_loop():
+    run = advance(start("r_poller", {"tool": "r_read", "times": 5}))
+    assert run.status == "succeeded" and CALLS["r_read"] == 5

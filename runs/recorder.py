@@ -396,7 +396,6 @@ class Recorder:
                 self.spending.add(row)
         # The seqs of the latest tool steps that asked for the same call, and that call: a loop.
         self.tool_trail, self._trail_call = [], None
-        self._written = defaultdict(list)  # seq -> the rows this advance wrote
 
     def record(self, step: Step):
         """The protocol for one step (see the top of this file); returns its result."""
@@ -529,22 +528,25 @@ class Recorder:
 
     # Attempts, retries and limits -------------------------------------------------------------
 
-    def _attempt(self, step, attempt, granted=False):
+    def _attempt(self, step, attempt, granted=False, failures=0):
         """Make attempt `attempt` of the step, and as many more as its retry policy allows while
-        the backoff is short; returns the result, or raises what stops the run or the step."""
+        the backoff is short; returns the result, or raises what stops the run or the step.
+        `failures`: the step's failed attempts in this round (each failed attempt's journal row
+        says how many), so the next is a retry."""
         while True:
             if not granted:
-                self._check_budgets(step, attempt)
+                self._check_budgets(step, attempt, retry=failures > 0)
             probe = self._pass_breaker(step, granted)
-            outcome = self._call(step, attempt, probe)
-            if outcome is not None:
+            outcome = self._call(step, attempt, probe, failures)
+            if isinstance(outcome, Called):
                 return outcome.result
             # The attempt failed and the step is to be tried again soon, in this worker.
-            attempt, granted = attempt + 1, False
+            attempt, granted, failures = attempt + 1, False, outcome
 
-    def _call(self, step, attempt, probe):
-        """One call under the step's timeout. Returns a Called with the result, or None when the
-        attempt failed and the next is due within a second (after sleeping until then)."""
+    def _call(self, step, attempt, probe, failures):
+        """One call under the step's timeout. Returns a Called with the result, or the round's
+        failures when the attempt failed and the next is due within a second (after sleeping
+        until then)."""
         if step.writes_intent:
             self._write(step, attempt, INTENT)
         policy = step.retry
@@ -557,14 +559,14 @@ class Recorder:
             raise ToolError("contract", message) from None
         except CallTimedOut as error:
             _after_interruption()
-            return self._failed(step, attempt, error, probe)
+            return self._failed(step, attempt, error, probe, failures)
         except Exception as error:
-            return self._failed(step, attempt, error, probe)
+            return self._failed(step, attempt, error, probe, failures)
         self._breaker_heard(step, failed=False, probe=probe)
         self._write(step, attempt, OUTCOME, status=SUCCEEDED, result=result)
         return Called(result)
 
-    def _failed(self, step, attempt, error, probe):
+    def _failed(self, step, attempt, error, probe, failures):
         """A failed attempt, judged by the step's retry policy: fail the step, leave it in doubt,
         try again (now, or after a wait that frees the worker), or stop at the last attempt."""
         policy = step.retry
@@ -580,7 +582,7 @@ class Recorder:
         if verdict == FAIL:
             self._write(step, attempt, OUTCOME, status=FAILED, error=failure)
             raise ToolError(failure["type"], failure["message"], _details(failure))
-        failures = self._failures_in_round(attempt) + 1
+        failures += 1
         failure["attempts"] = failures
         if failures >= policy.max_attempts:
             return self._out_of_attempts(step, attempt, failure, policy)
@@ -594,7 +596,7 @@ class Recorder:
             raise Wait(WaitFor.retry(self.seq, next_at, f"attempt {attempt} failed ({failure['type']}: "
                                      f"{_short(failure['message'])}); backing off {delay:g} s"))
         time.sleep(delay)
-        return None
+        return failures
 
     def _failed_in_doubt(self, step, attempt, failure):
         """A write that cannot dedupe failed on the way: it may have happened. Its intent stays
@@ -643,20 +645,11 @@ class Recorder:
         next_at = datetime.fromisoformat(error["next_at"]) if error.get("next_at") else None
         if not granted and next_at is not None and timezone.now() < next_at:
             raise Wait(WaitFor.retry(self.seq, next_at, f"attempt {last.attempt} failed; backing off"))
-        return self._attempt(step, attempt=last.attempt + 1, granted=granted)
+        # A person's retry starts a fresh round of attempts.
+        failures = 0 if granted else error.get("attempts", 0)
+        return self._attempt(step, attempt=last.attempt + 1, granted=granted, failures=failures)
 
-    def _failures_in_round(self, attempt):
-        """Failed attempts of this step before `attempt` since its round began (the step's first
-        attempt, or an operator's "retry now")."""
-        grant = self.lease.retry_grant
-        start = grant[1] if grant and grant[0] == self.seq and grant[1] < attempt else 0
-        return sum(1 for row in self._rows_of_step() if row.phase == OUTCOME and row.status == RETRY
-                   and start < row.attempt < attempt)
-
-    def _rows_of_step(self):
-        return self.journal.get(self.seq, []) + self._written.get(self.seq, [])
-
-    def _check_budgets(self, step, attempt):
+    def _check_budgets(self, step, attempt, retry):
         """The run's budgets, before an attempt of a tool or LLM step: over one, the run parks
         (or fails, as its agent says), and the call is not made."""
         if step.kind not in (K.TOOL, K.LLM) or not (step.guarded or step.kind == K.LLM):
@@ -665,8 +658,7 @@ class Recorder:
         checks = []
         if step.is_tool:
             checks.append("tool_calls")
-        if attempt > 1 and any(row.phase == OUTCOME and row.status == RETRY and row.attempt == attempt - 1
-                               for row in self._rows_of_step()):
+        if retry:
             checks.append("retries")
         if step.kind == K.LLM:
             checks += ["llm_tokens", "cost_usd"]
@@ -768,9 +760,8 @@ class Recorder:
             # Nothing was written: the step starts afresh when the freeze lifts.
             raise Wait(WaitFor.freeze(frozen))
         assert inserted, "the journal row was neither written nor refused"
-        row = Row(self.seq, attempt, phase, step.kind, step.name, None, step.args_hash, status, result, error)
-        self._written[self.seq].append(row)
-        self.spending.add(row)
+        self.spending.add(Row(self.seq, attempt, phase, step.kind, step.name, None, step.args_hash, status,
+                              result, error))
         if refused:
             raise refused
 

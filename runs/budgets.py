@@ -166,13 +166,20 @@ def exceeded(limits, spent, key, adding=1):
     return f"budget exceeded: {LABELS[key]} limit {limit}, spent {shown}"
 
 
-def repeated_calls(tool_steps):
-    """The seqs of the trailing run of identical tool calls: `tool_steps` is (seq, name,
-    args_hash) of the run's tool steps in order. The recorder parks a run whose next call would
-    make this run `repeats` long; the run page marks these steps."""
-    trail = []
-    for seq, name, args_hash in tool_steps:
-        if trail and (name, args_hash) != trail[-1][1:]:
-            trail = []
-        trail.append((seq, name, args_hash))
-    return [seq for seq, _, _ in trail]
+class Trail:
+    """The loop rule, one step at a time: the seqs of the latest tool steps that asked for the
+    same call (tool and arguments), in a row. Only tool steps count; a sleep breaks the row (a
+    call repeated after a sleep is a poll). The recorder parks a run whose next call would make
+    the row `repeats` long; the run page marks the row's steps."""
+
+    def __init__(self):
+        self.seqs, self._call = [], None
+
+    def follow(self, seq, name, args_hash):
+        if self._call == (name, args_hash):
+            self.seqs.append(seq)
+        else:
+            self.seqs, self._call = [seq], (name, args_hash)
+
+    def break_off(self):
+        self.seqs, self._call = [], None

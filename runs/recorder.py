@@ -61,7 +61,7 @@ from pydantic_core import to_jsonable_python
 
 from runs import live
 from runs.agents import AGENTS
-from runs.budgets import Counter, exceeded, limits_for
+from runs.budgets import Counter, Trail, exceeded, limits_for
 from runs.models import JournalEntry, ParkedBy
 from runs.retries import (
     FAIL, IN_DOUBT, SLEEP_IN_WORKER_UP_TO_SECONDS, CallTimedOut, RetryPolicy, call_with_timeout, decide,
@@ -394,8 +394,7 @@ class Recorder:
         for step_rows in journal.values():
             for row in step_rows:
                 self.spending.add(row)
-        # The seqs of the latest tool steps that asked for the same call, and that call: a loop.
-        self.tool_trail, self._trail_call = [], None
+        self.trail = Trail()  # the latest identical tool calls in a row: a loop
 
     def record(self, step: Step):
         """The protocol for one step (see the top of this file); returns its result."""
@@ -404,7 +403,7 @@ class Recorder:
         if step.guarded:
             self.tool_calls[step.name] += 1
         if step.is_tool:
-            self._follow_trail(step)
+            self.trail.follow(self.seq, step.name, step.args_hash)
         if not rows:
             if self.dry_run:
                 raise EndOfJournal(self.seq)
@@ -672,7 +671,7 @@ class Recorder:
         repeats = self.limits.get("repeats")
         if repeats is None:
             return
-        steps = self.tool_trail
+        steps = self.trail.seqs
         if len(steps) >= repeats:
             self._limit_reached(step, 1, ParkedBy.LOOP, "repeats", (
                 f"loop: tool {step.name!r} asked for with the same arguments {len(steps)} times in a row "
@@ -684,16 +683,6 @@ class Recorder:
                                       details={"budget": budget, "limit": self.limits.get(budget)}),
                          attempt=attempt)
         raise self._parked(parked_by, reason)
-
-    def _follow_trail(self, step):
-        """Keep the seqs of the trailing run of identical tool calls (budgets.repeated_calls,
-        one step at a time)."""
-        same = self._trail_call == (step.name, step.args_hash)
-        if same:
-            self.tool_trail.append(self.seq)
-        else:
-            self.tool_trail = [self.seq]
-        self._trail_call = (step.name, step.args_hash)
 
     def _parked(self, parked_by, reason):
         return NeedsAttention(reason, self.seq, parked_by=parked_by)
@@ -769,8 +758,7 @@ class Recorder:
 
     def sleep(self, seconds):
         self.seq += 1
-        # A call repeated after a sleep is a poll, not a loop.
-        self.tool_trail, self._trail_call = [], None
+        self.trail.break_off()
         step = Step(kind=K.SLEEP, name="", args={"seconds": seconds}, call=None, writes_intent=True)
         rows = self.journal.get(self.seq)
         if rows:

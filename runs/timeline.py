@@ -8,7 +8,7 @@ from django.utils.timezone import localtime
 
 from runs.actors import Actor
 from runs.agents import AGENTS
-from runs.budgets import KEYS, LABELS, limits_for, repeated_calls, spent_from
+from runs.budgets import KEYS, LABELS, Trail, limits_for, spent_from
 from runs.models import JournalEntry, ParkedBy, Run, RunEvent, RunStatus, WaitKind
 from tools.models import ApprovalStatus
 from tools.models import Redactor
@@ -250,13 +250,17 @@ def spending(run: Run):
             .annotate(llm_result=Case(When(kind=JournalEntry.Kind.LLM, phase=P.OUTCOME, then=F("result")),
                                       output_field=JSONField()))
             .values_list("seq", "attempt", "phase", "kind", "name", "args_hash", "status", "llm_result", "error"))
-    counted, trail = [], []
+    counted, trail, followed = [], Trail(), 0
     for seq, attempt, phase, kind, name, args_hash, status, result, error in rows:
         counted.append(SpendRow(seq, attempt, phase, kind, status, result, error))
-        if kind == JournalEntry.Kind.TOOL and (not trail or trail[-1][0] != seq):
-            trail.append((seq, name, args_hash))
+        if seq > followed:  # each step once, as the recorder follows them
+            followed = seq
+            if kind == JournalEntry.Kind.TOOL:
+                trail.follow(seq, name, args_hash)
+            elif kind == JournalEntry.Kind.SLEEP:
+                trail.break_off()
     spent = spent_from(counted)
-    repeated = repeated_calls(trail)
+    repeated = trail.seqs
     declared = AGENTS.get(run.agent)
     limits = limits_for(declared.budget if declared else None, run.budget)
     used = {**{key: getattr(spent, key) for key in KEYS if key != "repeats"}, "repeats": len(repeated)}

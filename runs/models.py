@@ -130,9 +130,9 @@ class Run(models.Model):
 
     # What the run may spend ({budget: limit or null}; runs/budgets.py): its agent's defaults
     # with what its start said, as raised by operators since.
-    budget = models.JSONField(default=dict, blank=True)
+    budget = models.JSONField(default=dict, db_default=models.Value({}, models.JSONField()), blank=True)
     # While it needs attention because it reached a limit: which kind (the runs page filters).
-    parked_by = models.CharField(max_length=16, choices=ParkedBy.choices, blank=True, default="")
+    parked_by = models.CharField(max_length=16, choices=ParkedBy.choices, blank=True, default="", db_default="")
     # An operator's "retry now": step retry_grant_seq tries again at once after its attempt
     # retry_grant_after (0: before its first), with a fresh round of attempts.
     retry_grant_seq = models.PositiveIntegerField(null=True, blank=True)
@@ -144,8 +144,10 @@ class Run(models.Model):
     lease_epoch = models.BigIntegerField(default=0)
     # Poison-run guard (runs.sweeper): leases that lapsed in a row without a step finishing in
     # between, and how many steps had finished when the last one lapsed.
-    lost_leases = models.PositiveIntegerField(default=0)
-    finished_steps_at_loss = models.PositiveIntegerField(default=0)
+    # (Database defaults too, on every column added since the first: rows inserted by raw SQL,
+    # the benchmarks' seeds, need not name them.)
+    lost_leases = models.PositiveIntegerField(default=0, db_default=0)
+    finished_steps_at_loss = models.PositiveIntegerField(default=0, db_default=0)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -117,7 +117,7 @@ def percentile(values, p):
 SEED_RUNS = """
 INSERT INTO runs_run (id, agent, status, input, status_reason, started_by, requested, lease_owner,
                       lease_expires_at, lease_epoch, created_at, updated_at, started_at, finished_at,
-                      wait_kind, wait_ref, during_freeze, lost_leases, finished_steps_at_loss, budget, parked_by)
+                      wait_kind, wait_ref, during_freeze)
 SELECT gen_random_uuid(),
        (%(agents)s::text[])[1 + n %% 5],
        s.status,
@@ -132,7 +132,7 @@ SELECT gen_random_uuid(),
        CASE WHEN s.status IN ('succeeded', 'failed', 'cancelled')
             THEN now() - (n || ' seconds')::interval * 20 + interval '5 seconds' END,
        -- A waiting run says what it waits for (a freeze needs no reference).
-       CASE WHEN s.status = 'waiting' THEN 'freeze' ELSE '' END, '', false, 0, 0, '{}'::jsonb, ''
+       CASE WHEN s.status = 'waiting' THEN 'freeze' ELSE '' END, '', false
 FROM generate_series(1, %(runs)s) AS n,
      LATERAL (SELECT (%(statuses)s::text[])[1 + (n * 7) %% 20] AS status) AS s
 """
@@ -162,9 +162,9 @@ SEED_BIG_RUN = """
 WITH big AS (
     INSERT INTO runs_run (id, agent, status, input, status_reason, started_by, requested, lease_owner,
                           lease_epoch, created_at, updated_at, started_at, finished_at, wait_kind, wait_ref,
-                          during_freeze, lost_leases, finished_steps_at_loss, budget, parked_by)
+                          during_freeze)
     VALUES (gen_random_uuid(), 'long_haul', 'succeeded', '{"items": 5000}', '', 'seed', '', '', 1,
-            now() - interval '3 hours', now(), now() - interval '3 hours', now(), '', '', false, 0, 0, '{}'::jsonb, '')
+            now() - interval '3 hours', now(), now() - interval '3 hours', now(), '', '', false)
     RETURNING id, created_at
 )
 INSERT INTO runs_journalentry (run_id, seq, attempt, phase, kind, name, effect, args, args_hash,

@@ -88,23 +88,32 @@ def resolve_step(run_id, seq, resolution, *, actor, result=None, reason=""):
             )
         if intent.seq != seq:
             raise ActionRefused(f"step {seq} is not in doubt; step {intent.seq} is")
-        status, outcome, error = {
-            Resolution.HAPPENED: (JournalEntry.Status.SUCCEEDED, result, None),
-            Resolution.RUN_AGAIN: (JournalEntry.Status.ABANDONED, None, None),
-            Resolution.FAIL: (JournalEntry.Status.FAILED, None,
-                              {"type": "failed_by_operator", "message": f"failed by operator: {reason}"}),
-        }[resolution]
-        JournalEntry.objects.create(
-            run_id=run_id, seq=seq, attempt=intent.attempt, phase=JournalEntry.Phase.OUTCOME,
-            kind=intent.kind, name=intent.name, effect=intent.effect, args_hash=intent.args_hash,
-            idempotency_key=intent.idempotency_key, status=status, result=outcome, error=error,
-            actor=actor.label,
-        )
-        run.events.create(kind="resolution", actor=actor.label, reason=reason,
-                          details={"seq": seq, "decision": resolution})
-        moved = moves.move(run_id, S.QUEUED, actor=actor, reason=f"step {seq} resolved: {resolution}")
-        AuditEntry.record(actor, f"resolve_{resolution}", run_id=run_id, reason=reason,
-                          details={"seq": seq, "result": result})
+        return _record_decision(run, intent, intent.attempt, resolution, actor=actor, reason=reason, result=result)
+
+
+def _record_decision(run, row, attempt, resolution, *, actor, reason, result=None):
+    """An operator's decision on step row.seq, recorded as its outcome at `attempt` (the attempt in
+    doubt; or, for a step out of attempts, the next one, which makes no call), with its event,
+    its audit entry and the run's move back to the queue. Called under the run's lock."""
+    status, outcome, error = {
+        Resolution.HAPPENED: (JournalEntry.Status.SUCCEEDED, result, None),
+        Resolution.RUN_AGAIN: (JournalEntry.Status.ABANDONED, None, None),
+        Resolution.FAIL: (JournalEntry.Status.FAILED, None,
+                          {"type": "failed_by_operator", "message": f"failed by operator: {reason}"}),
+    }[resolution]
+    if error is not None and attempt > row.attempt:
+        error["not_called"] = True
+    JournalEntry.objects.create(
+        run_id=run.id, seq=row.seq, attempt=attempt, phase=JournalEntry.Phase.OUTCOME,
+        kind=row.kind, name=row.name, effect=row.effect, args_hash=row.args_hash,
+        idempotency_key=row.idempotency_key, status=status, result=outcome, error=error,
+        actor=actor.label,
+    )
+    run.events.create(kind="resolution", actor=actor.label, reason=reason,
+                      details={"seq": row.seq, "decision": resolution})
+    moved = moves.move(run.id, S.QUEUED, actor=actor, reason=f"step {row.seq} resolved: {resolution}")
+    AuditEntry.record(actor, f"resolve_{resolution}", run_id=run.id, reason=reason,
+                      details={"seq": row.seq, "result": result})
     return moved.run
 
 
@@ -123,16 +132,7 @@ def _resolve_out_of_attempts(run, seq, resolution, *, actor, reason):
         raise ActionRefused(f"step {seq} failed at each of its attempts, so it did not happen: retry it, or fail it")
     if resolution == Resolution.RUN_AGAIN:
         return _grant_retry(run, last, actor=actor, reason=reason).run
-    JournalEntry.objects.create(
-        run_id=run.id, seq=seq, attempt=last.attempt + 1, phase=JournalEntry.Phase.OUTCOME, kind=last.kind,
-        name=last.name, effect=last.effect, args_hash=last.args_hash, idempotency_key=last.idempotency_key,
-        status=JournalEntry.Status.FAILED, actor=actor.label,
-        error={"type": "failed_by_operator", "message": f"failed by operator: {reason}", "not_called": True},
-    )
-    run.events.create(kind="resolution", actor=actor.label, reason=reason, details={"seq": seq, "decision": "fail"})
-    moved = moves.move(run.id, S.QUEUED, actor=actor, reason=f"step {seq} failed by an operator")
-    AuditEntry.record(actor, "resolve_fail", run_id=run.id, reason=reason, details={"seq": seq})
-    return moved.run
+    return _record_decision(run, last, last.attempt + 1, Resolution.FAIL, actor=actor, reason=reason)
 
 
 def retry_step(run_id, seq, *, actor, reason=""):

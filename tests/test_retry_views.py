@@ -151,7 +151,7 @@ def test_an_operator_fails_a_step_out_of_attempts_and_the_agent_gets_the_reason(
 
     assert messages_of(response) == ["Step 1 failed; the agent receives your reason as the tool's error."]
     entry = AuditEntry.objects.get()
-    assert (entry.username, entry.action, entry.details) == ("otto", "resolve_fail", {"seq": 1})
+    assert (entry.username, entry.action, entry.details) == ("otto", "resolve_fail", {"seq": 1, "result": None})
     run = go_on(run)
     assert run.output == "adapted: failed_by_operator: failed by operator: the vendor is gone"
     assert CALLS["r_read"] == 4
